@@ -1,0 +1,41 @@
+"""Atomic checkpoint files: write to a temporary file in the same folder, then rename."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import PinnError
+
+
+def save(obj: dict, path: Path) -> None:
+    """Write ``obj`` to ``path`` so a reader sees either the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Read a checkpoint, with a one-line error when it is missing or not a pinn checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise PinnError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise PinnError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__})") from None
+    if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
+        raise PinnError(f"checkpoint {path} is not a pinn checkpoint")
+    return obj

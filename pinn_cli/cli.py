@@ -1,0 +1,104 @@
+"""``pinn <command> [args]``: pops the subcommand from argv, then hands the rest to it (Hydra for train)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from .errors import PinnError
+
+HELP = """usage: pinn <command> [options]
+
+commands:
+  train [overrides]   train a PINN (Hydra: key=value overrides, -m to sweep, --help, --cfg job)
+  list                equations, domains, networks, samplers and optimizers available
+
+examples:
+  pinn train                                   # 1D heat equation, default settings
+  pinn train equation=poisson2d network.width=64
+  pinn train -m equation=heat,poisson2d trainer.steps=100
+  pinn train --help                            # every config group and key
+"""
+
+
+class _QuietJobErrors:
+    """stderr minus Hydra's "Error executing job with overrides" line (a single run names its error itself)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _commands() -> dict:
+    from .commands import list as list_cmd
+
+    def train(argv: list[str]) -> None:
+        from .commands.train import main as train_main
+
+        sys.argv = [sys.argv[0], *argv]
+        multirun = any(a in ("-m", "--multirun") for a in argv)
+        stderr = sys.stderr
+        if not multirun:
+            sys.stderr = _QuietJobErrors(stderr)
+        try:
+            train_main()
+        finally:
+            sys.stderr = stderr
+
+    return {"train": train, "list": list_cmd.main}
+
+
+def _one_line(err: BaseException) -> str:
+    """A one-line message for a Hydra/OmegaConf error (these are multi-line by default)."""
+    text = str(err)
+    missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    if missing:
+        group, _, name = missing.group(1).rpartition("/")
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        if group and options:
+            return f"{group}={name!r} is not known; choose from: {', '.join(options)}"
+        return f"config {missing.group(1)!r} not found"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``pinn`` script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP, end="")
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    commands = _commands()
+    if command not in commands:
+        print(f"pinn: unknown command {command!r}; choose from: {', '.join(commands)}", file=sys.stderr)
+        sys.exit(2)
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        commands[command](rest)
+    except PinnError as err:
+        print(f"pinn {command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"pinn {command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if user_full_error:
+            raise
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(err, (HydraException, OmegaConfBaseException)):
+            print(f"pinn {command}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+        print(f"pinn {command}: error: {type(err).__name__}: {_one_line(err)} "
+              "(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)

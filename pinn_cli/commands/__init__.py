@@ -1,0 +1,1 @@
+"""Subcommands of the ``pinn`` CLI; ``train`` is the only Hydra entry point."""

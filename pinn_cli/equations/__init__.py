@@ -1,0 +1,1 @@
+"""Built-in equations: one module each, selected by ``configs/equation/<name>.yaml``."""

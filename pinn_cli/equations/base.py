@@ -1,0 +1,77 @@
+"""What an equation is: inputs, outputs, coefficients, a PDE residual, conditions and an exact solution."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping, Sequence
+
+import torch
+
+from ..derivatives import Fields
+from ..errors import PinnConfigError
+
+Residual = Callable[[Fields], "torch.Tensor | Sequence[torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A constraint ``residual(f) = 0`` on a part of the domain.
+
+    ``on`` is ``"boundary"`` (the spatial boundary, for all times), ``"initial"`` (t at its lower
+    bound) or ``"points"`` (the fixed points ``at``, a dict of coordinates per input).
+    """
+
+    name: str
+    on: str
+    residual: Residual
+    at: Mapping[str, Sequence[float]] | None = None
+
+
+class Equation:
+    """Base class: subclasses set ``inputs``, ``outputs``, ``time``, ``params`` and implement
+    ``residual``, ``conditions`` and ``exact``."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("x",)
+    outputs: ClassVar[tuple[str, ...]] = ("u",)
+    time: ClassVar[str | None] = None
+    params: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, name: str, bounds: Mapping[str, Sequence[float]],
+                 weights: Mapping[str, float] | None = None, **coeffs: float) -> None:
+        self.name = name
+        self.bounds = {k: (float(v[0]), float(v[1])) for k, v in bounds.items()}
+        missing = [k for k in self.inputs if k not in self.bounds]
+        if missing:
+            raise PinnConfigError(f"equation.bounds lacks {', '.join(missing)} for equation {name}")
+        for key, lo_hi in self.bounds.items():
+            if not lo_hi[0] < lo_hi[1]:
+                raise PinnConfigError(f"equation.bounds.{key}={list(lo_hi)} is empty; it must be [low, high] with low < high")
+        for key, value in coeffs.items():
+            if key not in self.params:
+                accepted = ", ".join(self.params) or "none"
+                raise PinnConfigError(f"equation.{key} is not a parameter of {name}; its parameters: {accepted}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PinnConfigError(f"equation.{key}={value!r} is invalid; it must be a number")
+        for key, default in self.params.items():
+            setattr(self, key, float(coeffs.get(key, default)))
+        terms = ["pde"] + [c.name for c in self.conditions()]
+        weights = dict(weights or {})
+        unknown = [k for k in weights if k not in terms]
+        if unknown:
+            raise PinnConfigError(f"equation.weights.{unknown[0]} is not a loss term of {name}; terms: {', '.join(terms)}")
+        self.weights = {t: float(weights.get(t, 1.0)) for t in terms}
+
+    def residual(self, f: Fields) -> torch.Tensor | Sequence[torch.Tensor]:
+        """PDE residual at interior points (a tensor, or one per equation of a system)."""
+        raise NotImplementedError
+
+    def conditions(self) -> list[Condition]:
+        """Initial, boundary and point conditions."""
+        raise NotImplementedError
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact solution at points ``x`` (N, len(inputs)) -> (N, len(outputs))."""
+        raise NotImplementedError
+
+    @property
+    def terms(self) -> list[str]:
+        return list(self.weights)

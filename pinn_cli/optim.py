@@ -1,0 +1,90 @@
+"""Optimizer schedules: Adam (with an lr scheduler), L-BFGS, and Adam followed by L-BFGS."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import choice, positive_float, positive_int
+
+OPTIMIZERS = ("adam", "lbfgs", "adam_lbfgs")
+SCHEDULERS = ("none", "exponential", "cosine")
+
+
+class OptimizerSchedule:
+    """Owns the optimizers of a run and knows which phase (adam or lbfgs) a step belongs to."""
+
+    def __init__(self, cfg, params: list[nn.Parameter], total_steps: int) -> None:
+        self.name = choice(cfg.name, "optimizer", OPTIMIZERS)
+        self.lr = positive_float(cfg.lr, "optimizer.lr")
+        if self.name == "adam":
+            self.adam_steps = total_steps
+        elif self.name == "lbfgs":
+            self.adam_steps = 0
+        else:
+            self.adam_steps = min(positive_int(cfg.adam_steps, "optimizer.adam_steps", allow_zero=True), total_steps)
+        self.params = params
+        self.adam = torch.optim.Adam(params, lr=self.lr)
+        sched = choice(cfg.get("scheduler", "none"), "optimizer.scheduler", SCHEDULERS)
+        ratio = positive_float(cfg.get("lr_final_ratio", 1.0), "optimizer.lr_final_ratio")
+        n = max(1, self.adam_steps)
+        if sched == "exponential":
+            gamma = ratio ** (1.0 / n)
+            factor = lambda s: gamma ** min(s, n)
+        elif sched == "cosine":
+            factor = lambda s: ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
+        else:
+            factor = lambda s: 1.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.adam, factor)
+        lb = cfg.get("lbfgs", {}) or {}
+        lbfgs_lr = self.lr if self.name == "lbfgs" else positive_float(lb.get("lr", 1.0), "optimizer.lbfgs.lr")
+        self.lbfgs = torch.optim.LBFGS(
+            params, lr=lbfgs_lr, history_size=int(lb.get("history_size", 50)),
+            max_iter=1, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16,
+        )
+
+    def phase(self, step: int) -> str:
+        return "adam" if step < self.adam_steps else "lbfgs"
+
+    def current_lr(self, step: int) -> float:
+        if self.phase(step) == "adam":
+            return self.adam.param_groups[0]["lr"]
+        return self.lbfgs.param_groups[0]["lr"]
+
+    def adam_step(self, loss_fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One Adam step; returns the loss and terms evaluated before the update."""
+        self.adam.zero_grad(set_to_none=True)
+        total, parts = loss_fn()
+        total.backward()
+        self.adam.step()
+        self.scheduler.step()
+        return total, parts
+
+    def lbfgs_steps(self, loss_fn, n: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        """Up to ``n`` L-BFGS iterations; returns the iterations done and the last loss evaluated."""
+        last: dict = {}
+
+        def closure():
+            self.lbfgs.zero_grad(set_to_none=True)
+            total, parts = loss_fn()
+            total.backward()
+            last["total"], last["parts"] = total.detach(), [p.detach() for p in parts]
+            return total
+
+        group = self.lbfgs.param_groups[0]
+        group["max_iter"], group["max_eval"] = n, max(2 * n, n + 5)
+        state = self.lbfgs.state[self.lbfgs._params[0]]
+        before = state.get("n_iter", 0)
+        self.lbfgs.step(closure)
+        done = state.get("n_iter", 0) - before
+        return done, last["total"], last["parts"]
+
+    def state_dict(self) -> dict:
+        return {"adam": self.adam.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "lbfgs": self.lbfgs.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adam.load_state_dict(state["adam"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.lbfgs.load_state_dict(state["lbfgs"])

@@ -1,0 +1,67 @@
+"""Figures of a run: the loss curve and the solution with its error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_loss(history: list[dict], terms: list[str], path: Path) -> None:
+    """Total loss, each term and rel L2 against step, log scale."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = np.array([r["step"] for r in history])
+    if len(steps):
+        ax.semilogy(steps, [r["loss"] for r in history], label="loss", color="black", lw=1.8)
+        for name in terms:
+            ax.semilogy(steps, [r[f"loss_{name}"] for r in history], label=f"loss {name}", lw=1)
+        ev = [(r["step"], r["rel_l2"]) for r in history if r.get("rel_l2") not in (None, "")]
+        if ev:
+            s, e = zip(*ev)
+            ax.semilogy(s, e, "o--", label="rel L2 (eval)", color="tab:red", ms=3)
+    ax.set_xlabel("step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("training history")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_solution(x: np.ndarray, axes: list[np.ndarray], pred: np.ndarray, exact: np.ndarray,
+                  inputs: tuple[str, ...], outputs: tuple[str, ...], title: str, path: Path) -> None:
+    """1D input: curves of prediction, exact and error; 2D or more: heat maps (a mid slice past 2D)."""
+    n_out = pred.shape[1]
+    if len(inputs) == 1:
+        fig, ax = plt.subplots(2, n_out, figsize=(6 * n_out, 6), squeeze=False)
+        for k in range(n_out):
+            ax[0, k].plot(x[:, 0], exact[:, k], "k-", lw=2, label="exact")
+            ax[0, k].plot(x[:, 0], pred[:, k], "r--", lw=1.5, label="PINN")
+            ax[0, k].set_ylabel(outputs[k])
+            ax[0, k].legend()
+            ax[1, k].semilogy(x[:, 0], np.abs(pred[:, k] - exact[:, k]) + 1e-300, "b-")
+            ax[1, k].set_ylabel(f"|error| {outputs[k]}")
+            ax[1, k].set_xlabel(inputs[0])
+    else:
+        shape = tuple(len(a) for a in axes)
+        sl = (slice(None), slice(None)) + tuple(len(a) // 2 for a in axes[2:])
+        fig, ax = plt.subplots(n_out, 3, figsize=(14, 4 * n_out), squeeze=False)
+        extent = [axes[1][0], axes[1][-1], axes[0][0], axes[0][-1]]
+        for k in range(n_out):
+            p = pred[:, k].reshape(shape)[sl]
+            e = exact[:, k].reshape(shape)[sl]
+            vmin, vmax = float(e.min()), float(e.max())
+            for j, (img, name) in enumerate(((p, "PINN"), (e, "exact"), (np.abs(p - e), "|error|"))):
+                kw = {} if j == 2 else {"vmin": vmin, "vmax": vmax}
+                im = ax[k, j].imshow(img, origin="lower", aspect="auto", extent=extent, cmap="viridis" if j < 2 else "magma", **kw)
+                ax[k, j].set_title(f"{outputs[k]}: {name}")
+                ax[k, j].set_xlabel(inputs[1])
+                ax[k, j].set_ylabel(inputs[0])
+                fig.colorbar(im, ax=ax[k, j])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

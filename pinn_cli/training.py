@@ -1,0 +1,294 @@
+"""The training loop: a plain PyTorch loop over a ``Problem``, with no Hydra inside."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from . import checkpoint, plots
+from .config import resolve_device, resolve_dtype, validate
+from .derivatives import DerivativeEngine
+from .domains import Box, build_domain
+from .equations.base import Equation
+from .errors import PinnConfigError, PinnError
+from .metrics import Evaluator
+from .networks import build_network
+from .optim import OptimizerSchedule
+from .problem import Problem
+from .sampling import check_sampler
+
+log = logging.getLogger("pinn")
+
+
+def build_equation(cfg: DictConfig) -> Equation:
+    """Instantiate the equation class named by ``cfg._target_`` with the config's keys."""
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    target = kwargs.pop("_target_", None)
+    kwargs.pop("description", None)
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise PinnConfigError(f"equation._target_={target!r} cannot be imported") from None
+    return cls(**kwargs)
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of, built from a config (shared by train, evaluate and analysis)."""
+
+    cfg: DictConfig
+    device: torch.device
+    dtype: torch.dtype
+    equation: Equation
+    domain: Box
+    net: torch.nn.Module
+    problem: Problem
+    evaluator: Evaluator
+
+
+def build(cfg: DictConfig) -> Setup:
+    """Validate ``cfg`` and build the equation, domain, network, problem and evaluator."""
+    validate(cfg)
+    check_sampler(cfg.sampler.name)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.precision)
+    torch.manual_seed(cfg.seed)
+    equation = build_equation(cfg.equation)
+    domain = build_domain(cfg.domain, equation)
+    bounds = [equation.bounds[n] for n in equation.inputs]
+    net = build_network(cfg.network, len(equation.inputs), len(equation.outputs), bounds).to(device, dtype)
+    engine = DerivativeEngine(cfg.derivatives, net, equation.inputs, equation.outputs)
+    problem = Problem(equation, domain, net, engine, cfg.sampler, device, dtype)
+    evaluator = Evaluator(equation, domain, cfg.trainer.eval_points, device, dtype)
+    return Setup(cfg, device, dtype, equation, domain, net, problem, evaluator)
+
+
+class _Stop:
+    """Set by SIGTERM/SIGUSR1 (cluster preemption): the loop saves last.pt and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def _preemption_handler():
+    stop = _Stop()
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None]
+    try:
+        old = {s: signal.signal(s, stop) for s in sigs}
+    except ValueError:
+        old = {}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled and sys.stdout.isatty()
+        self.bar = None
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("rel L2 {task.fields[rel]}"),
+                TextColumn("{task.fields[speed]} it/s"), TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task("train", total=total, loss="-", rel="-", speed="-")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, rel: float | None, speed: float) -> None:
+        if self.bar is not None:
+            fields = {"loss": f"{loss:.3e}", "speed": f"{speed:.0f}"}
+            if rel is not None:
+                fields["rel"] = f"{rel:.3e}"
+            self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _write_history(rows: list[dict], columns: list[str], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+
+
+def resolve_resume(value, run_dir: Path) -> Path | None:
+    """``trainer.resume``: null (fresh), ``auto`` (last.pt of this run dir if present) or a path."""
+    if value in (None, "", False, "none", "null"):
+        return None
+    if value == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(str(value))
+
+
+def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
+    """Train the PINN described by ``cfg``; write checkpoints, history, metrics and plots into ``run_dir``."""
+    run_dir = Path(run_dir)
+    setup = build(cfg)
+    net, problem, evaluator, equation = setup.net, setup.problem, setup.evaluator, setup.equation
+    t_cfg = cfg.trainer
+    total = t_cfg.steps
+    rng = np.random.default_rng(cfg.seed)
+    problem.sample(rng)
+    problem.plan()
+    schedule = OptimizerSchedule(cfg.optimizer, list(net.parameters()), total)
+    term_names = [t.name for t in problem.terms]
+    columns = ["step", "time_s", "loss", *[f"loss_{n}" for n in term_names], "lr", "rel_l2"]
+    ckpt_dir = run_dir / "checkpoints"
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+
+    history: list[dict] = []
+    step, best, elapsed_before = 0, math.inf, 0.0
+    resume = resolve_resume(t_cfg.get("resume"), run_dir)
+    if resume is not None:
+        state = checkpoint.load(resume)
+        _check_compatible(state, config_dict, resume)
+        try:
+            net.load_state_dict(state["model"])
+        except RuntimeError:
+            raise PinnError(f"checkpoint {resume} does not match this network (network.* differs)") from None
+        schedule.load_state_dict(state["optimizer"])
+        problem.load_state(state["points"])
+        torch.set_rng_state(state["rng"]["torch"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        step, best, history = state["step"], state["best_rel_l2"], state["history"]
+        elapsed_before = state.get("elapsed_s", 0.0)
+        log.info("resumed from %s at step %d", resume, step)
+
+    def snapshot(elapsed: float) -> dict:
+        return {
+            "model": net.state_dict(), "optimizer": schedule.state_dict(), "step": step,
+            "rng": _rng_state(rng), "config": config_dict, "best_rel_l2": best, "history": history,
+            "points": problem.state(), "equation": equation.name, "elapsed_s": elapsed,
+        }
+
+    log.info(
+        "equation=%s inputs=%s network=%s params=%d device=%s precision=%s engines=%s",
+        equation.name, ",".join(equation.inputs), cfg.network.name, sum(p.numel() for p in net.parameters()),
+        setup.device, cfg.precision, ",".join(f"{t.name}:{t.engine}" for t in problem.terms),
+    )
+    progress = _Progress(total, bool(t_cfg.progress))
+    stopped_by = None
+    status = "done"
+    t0 = time.perf_counter()
+    last_log_t, last_log_step = t0, step
+    with _preemption_handler() as stop:
+        try:
+            while step < total:
+                if schedule.phase(step) == "adam":
+                    every = cfg.sampler.resample_every
+                    if every and step and step % every == 0:
+                        problem.sample(rng)
+                    loss, parts = schedule.adam_step(problem.loss)
+                    step += 1
+                else:
+                    chunk = min(t_cfg.log_every - step % t_cfg.log_every, total - step)
+                    done, loss, parts = schedule.lbfgs_steps(problem.loss, chunk)
+                    if done == 0:
+                        log.info("L-BFGS converged at step %d; stopping", step)
+                        total = step
+                    step += max(done, 0)
+                is_last = step >= total
+                if step % t_cfg.log_every == 0 or is_last or stop.signal:
+                    lossv = loss.item()
+                    now = time.perf_counter()
+                    if not math.isfinite(lossv):
+                        status = "diverged"
+                        break
+                    row = {"step": step, "time_s": round(elapsed_before + now - t0, 4), "loss": lossv,
+                           "lr": schedule.current_lr(max(step - 1, 0)), "rel_l2": None}
+                    row.update({f"loss_{n}": p.item() for n, p in zip(term_names, parts)})
+                    if step % t_cfg.eval_every == 0 or is_last:
+                        m = evaluator.metrics(net)
+                        row["rel_l2"] = m["rel_l2"]
+                        if m["rel_l2"] < best:
+                            best = m["rel_l2"]
+                            checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "best.pt")
+                    history.append(row)
+                    speed = (step - last_log_step) / max(now - last_log_t, 1e-9)
+                    last_log_t, last_log_step = now, step
+                    progress.update(step, lossv, row["rel_l2"], speed)
+                    if not progress.enabled or row["rel_l2"] is not None:
+                        log.info("step %d loss %.4e%s lr %.2e %.0f it/s", step, lossv,
+                                 "" if row["rel_l2"] is None else f" rel_l2 {row['rel_l2']:.4e}",
+                                 row["lr"], speed)
+                    if step % t_cfg.checkpoint_every == 0 or is_last or stop.signal:
+                        checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
+                if stop.signal:
+                    stopped_by = signal.Signals(stop.signal).name
+                    status = "preempted"
+                    break
+        finally:
+            progress.close()
+    wall = elapsed_before + time.perf_counter() - t0
+    _write_history(history, columns, run_dir / "history.csv")
+    plots.plot_loss(history, term_names, run_dir / "loss_curve.png")
+    if status == "diverged":
+        raise PinnError(
+            f"training diverged at step {step} (loss is not finite); the last good checkpoint is {ckpt_dir / 'last.pt'}"
+        )
+    metrics = evaluator.metrics(net)
+    if not (ckpt_dir / "best.pt").exists() or metrics["rel_l2"] <= best:
+        checkpoint.save(snapshot(wall), ckpt_dir / "best.pt")
+    if not (ckpt_dir / "last.pt").exists():
+        checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
+    final_loss = history[-1]["loss"] if history else float(problem.loss()[0].item())
+    metrics.update({
+        "steps": step, "wall_time_s": round(wall, 3), "n_params": sum(p.numel() for p in net.parameters()),
+        "device": str(setup.device), "final_loss": final_loss, "equation": equation.name,
+        "precision": cfg.precision, "status": status,
+    })
+    if stopped_by:
+        metrics["stopped_by"] = stopped_by
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    pred = evaluator.predict(net).cpu().numpy()
+    plots.plot_solution(
+        evaluator.x.cpu().numpy(), evaluator.axes, pred, evaluator.exact.cpu().numpy(),
+        equation.inputs, equation.outputs,
+        f"{equation.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e}",
+        run_dir / "solution.png",
+    )
+    return metrics
+
+
+def _check_compatible(state: dict, config: dict, path: Path) -> None:
+    """Refuse a checkpoint from another equation or network shape, with one line."""
+    old = state["config"]
+    if old["equation"].get("_target_") != config["equation"].get("_target_"):
+        raise PinnError(
+            f"checkpoint {path} is for equation {state.get('equation')}, not {config['equation'].get('name')}"
+        )
+    for key in ("name", "width", "depth", "activation"):
+        if old["network"].get(key) != config["network"].get(key):
+            raise PinnError(
+                f"checkpoint {path} has network.{key}={old['network'].get(key)}, this run has {config['network'].get(key)}"
+            )

@@ -1,0 +1,116 @@
+"""The command line as a user types it: argv handling, Hydra flags, multirun and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.eval_every=3", "trainer.checkpoint_every=3",
+        "sampler.n_interior=64", "sampler.n_boundary=16", "sampler.n_initial=16", "optimizer.adam_steps=4",
+        "trainer.eval_points=400"]
+
+
+def pinn(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pinn_cli", *args], cwd=cwd or REPO, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def test_top_level_help():
+    res = pinn("--help")
+    assert res.returncode == 0 and "train" in res.stdout and "list" in res.stdout
+
+
+def test_train_help_and_cfg_job():
+    res = pinn("train", "--help")
+    assert res.returncode == 0 and "equation: heat, ode_bvp, ode_decay, poisson2d" in res.stdout
+    res = pinn("train", "--cfg", "job", "equation=poisson2d", "network.width=7")
+    assert res.returncode == 0
+    assert "Poisson2D" in res.stdout and "width: 7" in res.stdout
+
+
+def test_list_names_every_equation():
+    res = pinn("list")
+    assert res.returncode == 0
+    for name in ("heat", "poisson2d", "ode_decay", "ode_bvp", "lhs", "sobol", "adam_lbfgs", "identity"):
+        assert name in res.stdout
+
+
+def test_train_writes_a_complete_run_directory(tmp_path):
+    run = tmp_path / "r1"
+    res = pinn("train", "equation=heat", "network.width=8", "optimizer.lr=3e-3", "seed=1", "device=cpu",
+               "precision=float64", f"hydra.run.dir={run}", *FAST)
+    assert res.returncode == 0, res.stderr
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "history.csv", "metrics.json", "loss_curve.png", "solution.png", "train.log"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("rel_l2", "max_abs_error", "rmse", "steps", "wall_time_s", "n_params", "device",
+                "final_loss", "equation"):
+        assert key in metrics
+    assert metrics["steps"] == 6 and metrics["equation"] == "heat" and metrics["device"] == "cpu"
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert header == ["step", "time_s", "loss", "loss_pde", "loss_ic", "loss_bc", "lr", "rel_l2"]
+    assert "rel L2" in res.stdout and str(run) in res.stdout.replace("\n", "")
+
+
+def test_multirun_gives_each_job_its_own_directory(tmp_path):
+    res = pinn("train", "-m", "equation=heat,poisson2d", f"hydra.sweep.dir={tmp_path}", *FAST)
+    assert res.returncode == 0, res.stderr
+    for job in ("0", "1"):
+        assert (tmp_path / job / "metrics.json").is_file()
+    eqs = {json.loads((tmp_path / j / "metrics.json").read_text())["equation"] for j in ("0", "1")}
+    assert eqs == {"heat", "poisson2d"}
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("equation=nope", "equation='nope' is not known; choose from: heat, ode_bvp, ode_decay, poisson2d"),
+        ("sampler.n_interior=-5", "sampler.n_interior=-5 is invalid; it must be a positive integer"),
+        ("network.depth=0", "network.depth=0 is invalid; it must be a positive integer"),
+        ("device=cuda", "device=cuda is not available"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' is invalid; it must be a positive number"),
+        ("network.activation=relu", "network.activation='relu' is not known; choose from: tanh, sin"),
+        ("precision=float16", "precision='float16' is not known; choose from: float32, float64"),
+        ("derivatives=magic", "derivatives='magic' is not known"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
+    if override == "device=cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    res = pinn("train", f"hydra.run.dir={tmp_path / 'run'}", *FAST, override)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert expected in lines[0]
+
+
+def test_unknown_command():
+    res = pinn("frobnicate")
+    assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    if res.returncode != 0 and "hatchling" in res.stderr:
+        pytest.skip("hatchling not installed in this environment")
+    assert res.returncode == 0, res.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pinn_cli/configs/train.yaml" in names
+    assert "pinn_cli/configs/equation/heat.yaml" in names

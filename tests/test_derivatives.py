@@ -1,0 +1,102 @@
+"""The derivative API against closed forms, its caching, and zeros where there is no dependence."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pinn_cli.derivatives import AutogradFields, DerivativeEngine, ForwardFields, parse_name
+from pinn_cli.networks import MLP
+
+
+def field_fn(p):
+    x, t = p[:, 0], p[:, 1]
+    u = torch.sin(2 * x) * torch.exp(-t) + x**3 * t**2
+    v = x * t
+    return torch.stack([u, v], 1)
+
+
+def test_closed_forms():
+    p = torch.rand(64, 2, dtype=torch.float64)
+    x, t = p[:, 0], p[:, 1]
+    f = AutogradFields(field_fn, p, ("x", "t"), ("u", "v"))
+    expected = {
+        "u_x": 2 * torch.cos(2 * x) * torch.exp(-t) + 3 * x**2 * t**2,
+        "u_t": -torch.sin(2 * x) * torch.exp(-t) + 2 * x**3 * t,
+        "u_xx": -4 * torch.sin(2 * x) * torch.exp(-t) + 6 * x * t**2,
+        "u_xt": -2 * torch.cos(2 * x) * torch.exp(-t) + 6 * x**2 * t,
+        "u_tx": -2 * torch.cos(2 * x) * torch.exp(-t) + 6 * x**2 * t,
+        "u_xxt": 4 * torch.sin(2 * x) * torch.exp(-t) + 12 * x * t,
+        "u_xxx": -8 * torch.cos(2 * x) * torch.exp(-t) + 6 * t**2,
+        "v_x": t, "v_xt": torch.ones_like(x), "v_xx": torch.zeros_like(x), "v_xxt": torch.zeros_like(x),
+    }
+    for name, want in expected.items():
+        torch.testing.assert_close(f[name], want, rtol=1e-12, atol=1e-12, msg=name)
+    torch.testing.assert_close(f.x, x)
+    assert torch.equal(f.u_tx, f.u_xt)
+
+
+def test_first_derivatives_are_computed_once(monkeypatch):
+    calls = []
+    real = torch.autograd.grad
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    p = torch.rand(16, 2, dtype=torch.float64)
+    f = AutogradFields(field_fn, p, ("x", "t"), ("u", "v"))
+    f.u_t, f.u_x, f.u_xx, f.u_xt, f.u_tt
+    assert len(calls) == 3  # one for all first derivatives of u, one for u_x's, one for u_t's
+
+
+@pytest.mark.parametrize("engine", ["autograd", "forward"])
+def test_linear_network_second_derivative_is_zero(engine):
+    net = MLP(1, 1, width=8, depth=3, activation="identity").double()
+    x = torch.linspace(-2, 2, 11, dtype=torch.float64)[:, None]
+    f = DerivativeEngine(engine, net, ("x",), ("y",)).fields(x, {(0, (0,)), (0, (0, 0))})
+    assert torch.equal(f.y_xx, torch.zeros(11, dtype=torch.float64))
+    assert torch.allclose(f.y_x, f.y_x[0].expand(11))
+    assert f.y_x.abs().max() > 0
+
+
+def test_input_independent_output_gives_zero_first_derivative():
+    const = nn.Linear(1, 1)
+    f = AutogradFields(lambda p: const(torch.zeros_like(p[:, :1])), torch.rand(5, 1), ("x",), ("u",))
+    assert torch.equal(f.u_x, torch.zeros(5)) and torch.equal(f.u_xx, torch.zeros(5))
+
+
+def test_parse_names():
+    ins, outs = ("x1", "x2", "t"), ("u", "p")
+    assert parse_name("u", ins, outs) == (0, ())
+    assert parse_name("p_x2x1", ins, outs) == (1, (0, 1))
+    assert parse_name("x2", ins, outs) == 1
+    assert parse_name("u_q", ins, outs) is None
+
+
+def test_unknown_name_is_a_clear_error():
+    f = AutogradFields(field_fn, torch.rand(3, 2), ("x", "t"), ("u", "v"))
+    with pytest.raises(AttributeError, match="not an input"):
+        f.w_x
+
+
+def test_forward_matches_autograd_on_mlp():
+    torch.manual_seed(0)
+    net = MLP(2, 2, width=16, depth=3, activation="tanh").double()
+    p = torch.rand(32, 2, dtype=torch.float64)
+    needs = {(0, (1,)), (0, (0, 0)), (1, (0, 1))}
+    fw = ForwardFields(net, p, ("x", "t"), ("u", "v"), needs)
+    ag = AutogradFields(net, p, ("x", "t"), ("u", "v"))
+    for name in ("u", "v", "u_t", "u_xx", "v_xt"):
+        torch.testing.assert_close(fw[name], ag[name], rtol=1e-10, atol=1e-12)
+
+
+def test_normal_derivative():
+    p = torch.tensor([[0.0, 0.3], [1.0, 0.6]], dtype=torch.float64)
+    n = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    f = AutogradFields(field_fn, p, ("x", "t"), ("u", "v"), normals=n)
+    torch.testing.assert_close(f.u_n, torch.stack([-f.u_x[0], f.u_x[1]]))
+    assert math.isfinite(float(f.u_n.detach().sum()))

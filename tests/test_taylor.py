@@ -1,0 +1,192 @@
+"""Forward-mode Taylor derivatives of an MLP agree with nested torch.autograd.grad."""
+from __future__ import annotations
+
+import os
+from itertools import combinations_with_replacement
+
+import pytest
+import torch
+from torch import nn
+
+from pinn_cli.networks import ACTIVATIONS, MLP
+from pinn_cli.taylor import mlp_taylor
+
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+CONFIGS = [  # in_dim, out_dim, width, depth
+    (1, 1, 5, 1),
+    (2, 3, 8, 3),
+    (3, 2, 6, 2),
+]
+
+
+def make_net(in_dim: int, out_dim: int, width: int, depth: int, act: str, dtype: torch.dtype, seed: int = 0) -> MLP:
+    """A random MLP with random non-trivial biases and input bounds."""
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.rand(in_dim, generator=gen) * 2 - 1
+    hi = lo + 0.5 + torch.rand(in_dim, generator=gen) * 2
+    torch.manual_seed(seed)
+    net = MLP(in_dim, out_dim, width=width, depth=depth, activation=act, bounds=list(zip(lo.tolist(), hi.tolist())))
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.bias.normal_(0.0, 0.3)
+    return net.to(dtype)
+
+
+def make_points(net: MLP, n: int, seed: int = 1) -> torch.Tensor:
+    """Random points inside the network's input box."""
+    gen = torch.Generator().manual_seed(seed)
+    lo = (-1 - net.in_shift) / net.in_scale
+    hi = (1 - net.in_shift) / net.in_scale
+    return lo + (hi - lo) * torch.rand(n, net.in_dim, generator=gen, dtype=net.in_scale.dtype)
+
+
+def all_pairs(in_dim: int) -> list[tuple[int, int]]:
+    return list(combinations_with_replacement(range(in_dim), 2))
+
+
+def autograd_derivs(net: nn.Module, x: torch.Tensor):
+    """Value, all first and all second derivatives by nested autograd.grad (differentiable in the parameters)."""
+    x = x.detach().requires_grad_(True)
+    u = net(x)
+    in_dim, out_dim = x.shape[1], u.shape[1]
+    grads = [torch.autograd.grad(u[:, o].sum(), x, create_graph=True)[0] for o in range(out_dim)]
+    first = {i: torch.stack([g[:, i] for g in grads], 1) for i in range(in_dim)}
+    second = {}
+    for i in range(in_dim):
+        hess = [
+            torch.autograd.grad(g[:, i].sum(), x, create_graph=True, materialize_grads=True)[0] for g in grads
+        ]
+        for j in range(i, in_dim):
+            second[(i, j)] = torch.stack([h[:, j] for h in hess], 1)
+    return u, first, second
+
+
+def assert_close(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    assert got.shape == ref.shape and got.dtype == ref.dtype, what
+    err = (got - ref).abs().max().item()
+    scale = ref.abs().max().item() + 1e-300
+    assert err <= RTOL[ref.dtype] * scale, f"{what}: max abs err {err:.3e}, reference scale {scale:.3e}"
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "in{}_out{}_w{}_d{}".format(*c))
+def test_matches_nested_autograd(config, act, dtype, stacked):
+    net = make_net(*config, act, dtype)
+    x = make_points(net, 17)
+    u, f_ref, p_ref = autograd_derivs(net, x)
+    v, f, p = mlp_taylor(net, x, range(net.in_dim), all_pairs(net.in_dim), stacked=stacked)
+    assert_close(v, u, "value")
+    assert set(f) == set(f_ref) and set(p) == set(p_ref)
+    for i in f_ref:
+        assert_close(f[i], f_ref[i], f"d/dx{i}")
+    for ij in p_ref:
+        assert_close(p[ij], p_ref[ij], f"d2/dx{ij}")
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize(
+    "first, pairs",
+    [
+        ([], []),
+        ([1], [(0, 0)]),
+        ([], [(2, 2)]),
+        ([2, 0], []),
+        ([0], [(1, 2), (0, 0)]),
+        ([1, 1], [(2, 1), (0, 2), (2, 1)]),
+    ],
+)
+def test_returns_exactly_requested(first, pairs, stacked):
+    net = make_net(3, 2, 7, 3, "tanh", torch.float64)
+    x = make_points(net, 11)
+    u, f_ref, p_ref = autograd_derivs(net, x)
+    v, f, p = mlp_taylor(net, x, first, pairs, stacked=stacked)
+    assert set(f) == set(first)
+    assert set(p) == set(pairs)
+    assert_close(v, u, "value")
+    for i in first:
+        assert_close(f[i], f_ref[i], f"d/dx{i}")
+    for i, j in pairs:
+        assert_close(p[(i, j)], p_ref[(min(i, j), max(i, j))], f"d2/dx{i}dx{j}")
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+def test_identity_activation_gives_exact_zero_second_derivatives(stacked):
+    net = make_net(3, 2, 6, 3, "identity", torch.float32)
+    x = make_points(net, 9)
+    _, f, p = mlp_taylor(net, x, [0, 1, 2], all_pairs(3), stacked=stacked)
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in p.values())
+    assert any(t.abs().max() > 0 for t in f.values())
+
+
+def test_single_linear_layer():
+    net = make_net(2, 3, 4, 1, "tanh", torch.float64)
+    net.layers = nn.ModuleList([nn.Linear(2, 3, dtype=torch.float64)])
+    x = make_points(net, 5)
+    u, f_ref, p_ref = autograd_derivs(net, x)
+    v, f, p = mlp_taylor(net, x, [0, 1], all_pairs(2))
+    assert_close(v, u, "value")
+    for i in f_ref:
+        assert_close(f[i], f_ref[i], f"d/dx{i}")
+    for ij in p_ref:
+        assert torch.equal(p[ij], torch.zeros_like(p_ref[ij]))
+
+
+def test_rejects_out_of_range_direction():
+    net = make_net(2, 1, 4, 1, "tanh", torch.float64)
+    with pytest.raises(ValueError, match="out of range"):
+        mlp_taylor(net, make_points(net, 3), [2], [])
+
+
+def taylor_loss(
+    net: MLP, x: torch.Tensor, weights: torch.Tensor, pairs: list[tuple[int, int]], stacked: bool = False
+) -> torch.Tensor:
+    v, f, p = mlp_taylor(net, x, list(range(net.in_dim)), pairs, stacked=stacked)
+    return loss_from(v, f, p, weights)
+
+
+def loss_from(v, f, p, weights: torch.Tensor) -> torch.Tensor:
+    """A residual-like loss mixing every channel, so every channel's parameter gradient is checked."""
+    terms = [v, *(f[k] for k in sorted(f)), *(p[k] for k in sorted(p))]
+    r = sum(w * t for w, t in zip(weights, terms))
+    return (r * r).mean() + sum((t * t).mean() for t in terms)
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize("act", ["tanh", "sin", "gelu", "silu", "identity"])
+def test_parameter_gradients_match_autograd(act, stacked):
+    net = make_net(2, 2, 6, 3, act, torch.float64)
+    x = make_points(net, 13)
+    weights = torch.randn(1 + 2 + 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    params = list(net.parameters())
+    ref = torch.autograd.grad(loss_from(*autograd_derivs(net, x), weights), params)
+    got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), stacked), params)
+    for (name, _), g, r in zip(net.named_parameters(), got, ref):
+        assert_close(g, r, f"grad of {name}")
+
+
+def _compile_available() -> bool:
+    return not os.environ.get("PINN_SKIP_COMPILE") and torch._dynamo.is_dynamo_supported()
+
+
+@pytest.mark.skipif(not _compile_available(), reason="torch.compile is unavailable here (or PINN_SKIP_COMPILE is set)")
+def test_torch_compile_matches_eager():
+    """Full-graph capture (no graph breaks) forward and backward; aot_eager by default, since a cold
+    inductor C++ build can take ~40 s on 2 cores. PINN_TEST_INDUCTOR=1 runs the inductor backend."""
+    backend = "inductor" if os.environ.get("PINN_TEST_INDUCTOR") else "aot_eager"
+    net = make_net(2, 1, 8, 2, "tanh", torch.float32)
+    x = make_points(net, 32)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        v, f, p = mlp_taylor(net, x, [1], [(0, 0)])
+        return ((f[1] - p[(0, 0)]) ** 2).mean() + (v**2).mean()
+
+    params = list(net.parameters())
+    ref_loss = step(x)
+    ref = torch.autograd.grad(ref_loss, params)
+    loss = torch.compile(step, backend=backend, fullgraph=True, dynamic=False)(x)
+    got = torch.autograd.grad(loss, params)
+    assert_close(loss, ref_loss, "loss")
+    for g, r in zip(got, ref):
+        assert_close(g, r, "parameter gradient")

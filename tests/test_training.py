@@ -1,0 +1,128 @@
+"""Short training runs reach a stated error against the exact solution; checkpoints resume exactly."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import make_cfg
+from pinn_cli import checkpoint
+from pinn_cli.errors import PinnError
+from pinn_cli.training import run_training
+
+SHORT = ["device=cpu", "precision=float64", "trainer.eval_points=2000", "trainer.log_every=50",
+         "trainer.eval_every=100", "trainer.checkpoint_every=100"]
+
+# (equation, overrides, rel L2 bound): small budgets, a few seconds each on one core
+CASES = [
+    ("heat", ["trainer.steps=700", "optimizer.adam_steps=300", "sampler.n_interior=500",
+              "sampler.n_boundary=100", "sampler.n_initial=100", "network.width=20"], 3e-3),
+    ("poisson2d", ["trainer.steps=600", "optimizer.adam_steps=300", "sampler.n_interior=400",
+                   "sampler.n_boundary=100", "network.width=20"], 3e-3),
+    ("ode_decay", ["trainer.steps=600", "optimizer.adam_steps=300", "sampler.n_interior=200",
+                   "network.width=20"], 1e-3),
+    ("ode_bvp", ["trainer.steps=400", "optimizer.adam_steps=200", "sampler.n_interior=200",
+                 "network.width=20"], 1e-3),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("equation, overrides, bound", CASES, ids=[c[0] for c in CASES])
+def test_short_training_reaches_bound(tmp_path, equation, overrides, bound):
+    metrics = run_training(make_cfg(f"equation={equation}", *SHORT, *overrides), tmp_path)
+    assert metrics["rel_l2"] < bound, metrics
+    assert metrics["equation"] == equation
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["rel_l2"] == metrics["rel_l2"]
+
+
+def test_linear_network_on_bvp_reports_its_error(tmp_path):
+    """u'' of a linear net is 0, so y''=-2 cannot be fitted: the run finishes and says how wrong it is."""
+    cfg = make_cfg("equation=ode_bvp", "network.activation=identity", "trainer.steps=60",
+                   "optimizer.adam_steps=40", *SHORT)
+    metrics = run_training(cfg, tmp_path)
+    assert metrics["status"] == "done"
+    assert 0.05 < metrics["rel_l2"] < 10
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert abs(float(rows[-1]["loss_pde"]) - 4.0) < 1e-9  # residual y''+2 = 2 everywhere
+
+
+def test_float32_and_adam_only(tmp_path):
+    cfg = make_cfg("equation=ode_decay", "precision=float32", "optimizer=adam", "trainer.steps=300",
+                   "optimizer.lr=5e-3", "sampler.n_interior=100", *SHORT[:1], *SHORT[2:])
+    metrics = run_training(cfg, tmp_path)
+    assert metrics["rel_l2"] < 5e-2
+    assert metrics["precision"] == "float32"
+
+
+def _params(path):
+    return checkpoint.load(path)["model"]
+
+
+@pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.adam_steps=30"])
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, optimizer):
+    """Preempt (SIGUSR1) at step 20, resume with trainer.resume=auto: same weights and history as one run."""
+    import os
+    import signal
+
+    from pinn_cli.optim import OptimizerSchedule
+
+    base = ["equation=ode_decay", optimizer, "sampler.n_interior=64",
+            "sampler.resample_every=10", "trainer.log_every=10", "trainer.eval_every=20",
+            "trainer.checkpoint_every=20", "device=cpu", "precision=float64", "trainer.eval_points=200"]
+    run_training(make_cfg(*base, "trainer.steps=60"), tmp_path / "full")
+    real, calls = OptimizerSchedule.adam_step, []
+
+    def preempt_at_20(self, loss_fn):
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(self, loss_fn)
+
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", preempt_at_20)
+    part = run_training(make_cfg(*base, "trainer.steps=60"), tmp_path / "part")
+    assert part["status"] == "preempted" and part["steps"] == 20
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", real)
+    run_training(make_cfg(*base, "trainer.steps=60", "trainer.resume=auto"), tmp_path / "part")
+    a, b = _params(tmp_path / "full/checkpoints/last.pt"), _params(tmp_path / "part/checkpoints/last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
+    assert hist(tmp_path / "full") == hist(tmp_path / "part")
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(PinnError, match="corrupt or unreadable"):
+        checkpoint.load(bad)
+    cfg = make_cfg("equation=ode_decay", "trainer.steps=5", f"trainer.resume={bad}", *SHORT)
+    with pytest.raises(PinnError, match="corrupt"):
+        run_training(cfg, tmp_path / "run")
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    run_training(make_cfg("equation=ode_decay", "trainer.steps=5", *SHORT), tmp_path / "a")
+    last = tmp_path / "a/checkpoints/last.pt"
+    with pytest.raises(PinnError, match="network.width=32, this run has 16"):
+        run_training(make_cfg("equation=ode_decay", "network.width=16", "trainer.steps=5",
+                              f"trainer.resume={last}", *SHORT), tmp_path / "b")
+    with pytest.raises(PinnError, match="is for equation ode_decay"):
+        run_training(make_cfg("equation=ode_bvp", "trainer.steps=5", f"trainer.resume={last}", *SHORT),
+                     tmp_path / "c")
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pt"
+    checkpoint.save({"model": {}, "config": {}, "v": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        checkpoint.save({"model": {}, "config": {}, "v": Boom()}, path)
+    assert checkpoint.load(path)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
