@@ -11,6 +11,9 @@ HELP = """usage: pinn <command> [options]
 
 commands:
   train [overrides]   train a PINN (Hydra: key=value overrides, -m to sweep, --help, --cfg job)
+  evaluate <run_dir>  reload a run's best checkpoint, recompute metrics, redraw plots
+  summarize <dir>     one table of every job of a sweep (multirun directory)
+  hessian <run_dir>   spectrum of the loss Hessian w.r.t. the network parameters
   list                equations, domains, networks, samplers and optimizers available
 
 examples:
@@ -52,7 +55,16 @@ def _commands() -> dict:
         finally:
             sys.stderr = stderr
 
-    return {"train": train, "list": list_cmd.main}
+    def lazy(module: str):
+        def run(argv: list[str]) -> None:
+            import importlib
+
+            importlib.import_module(f"pinn_cli.commands.{module}").main(argv)
+
+        return run
+
+    return {"train": train, "evaluate": lazy("evaluate"), "summarize": lazy("summarize"),
+            "hessian": lazy("hessian"), "list": list_cmd.main}
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,0 +1,8 @@
+"""``pinn evaluate``: not built yet."""
+from __future__ import annotations
+
+from ..errors import PinnError
+
+
+def main(argv: list[str]) -> None:
+    raise PinnError("pinn evaluate is not available yet")

@@ -1,0 +1,8 @@
+"""``pinn hessian``: not built yet."""
+from __future__ import annotations
+
+from ..errors import PinnError
+
+
+def main(argv: list[str]) -> None:
+    raise PinnError("pinn hessian is not available yet")
