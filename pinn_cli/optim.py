@@ -39,6 +39,9 @@ class OptimizerSchedule:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.adam, factor)
         lb = cfg.get("lbfgs", {}) or {}
         lbfgs_lr = self.lr if self.name == "lbfgs" else positive_float(lb.get("lr", 1.0), "optimizer.lbfgs.lr")
+        start = lb.get("start_loss", 10.0)
+        self.lbfgs_start_loss = None if start is None else positive_float(start, "optimizer.lbfgs.start_loss")
+        self.lbfgs_scale: float | None = None
         self.lbfgs = torch.optim.LBFGS(
             params, lr=lbfgs_lr, history_size=int(lb.get("history_size", 50)),
             max_iter=1, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16,
@@ -64,13 +67,18 @@ class OptimizerSchedule:
     def lbfgs_steps(self, loss_fn, n: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
         """Up to ``n`` L-BFGS iterations; returns the iterations done and the last loss evaluated."""
         last: dict = {}
+        if self.lbfgs_scale is None:
+            start = loss_fn()[0].item()
+            ok = self.lbfgs_start_loss is not None and math.isfinite(start) and start > 0
+            self.lbfgs_scale = self.lbfgs_start_loss / start if ok else 1.0
+        scale = self.lbfgs_scale
 
         def closure():
             self.lbfgs.zero_grad(set_to_none=True)
             total, parts = loss_fn()
-            total.backward()
+            (total * scale).backward()
             last["total"], last["parts"] = total.detach(), [p.detach() for p in parts]
-            return total
+            return total * scale
 
         group = self.lbfgs.param_groups[0]
         group["max_iter"], group["max_eval"] = n, max(2 * n, n + 5)
@@ -82,9 +90,10 @@ class OptimizerSchedule:
 
     def state_dict(self) -> dict:
         return {"adam": self.adam.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "lbfgs": self.lbfgs.state_dict()}
+                "lbfgs": self.lbfgs.state_dict(), "lbfgs_scale": self.lbfgs_scale}
 
     def load_state_dict(self, state: dict) -> None:
         self.adam.load_state_dict(state["adam"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.lbfgs.load_state_dict(state["lbfgs"])
+        self.lbfgs_scale = state.get("lbfgs_scale")
