@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 		echo "GPU found: installing the default (CUDA) torch"; \
 	else \
 		echo "no GPU: installing the CPU build of torch"; \
-		$(BIN)/pip install -q "$(TORCH_CPU)" || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+		$(BIN)/pip install -q "$(TORCH_CPU)" || $(BIN)/pip install -q "torch>=2.4"; \
 	fi
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)

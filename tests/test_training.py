@@ -126,3 +126,23 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
         checkpoint.save({"model": {}, "config": {}, "v": Boom()}, path)
     assert checkpoint.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from pinn_cli.problem import Problem
+
+    real, calls = Problem.loss, []
+
+    def nan_after_25(self):
+        calls.append(1)
+        total, parts = real(self)
+        return (total * float("nan"), parts) if len(calls) > 25 else (total, parts)
+
+    monkeypatch.setattr(Problem, "loss", nan_after_25)
+    cfg = make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=50", "sampler.n_interior=32",
+                   "trainer.log_every=10", "trainer.eval_every=10", "trainer.checkpoint_every=10", *SHORT[:2])
+    with pytest.raises(PinnError, match="diverged at step 30"):
+        run_training(cfg, tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoints/last.pt")
+    assert state["step"] == 20
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
