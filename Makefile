@@ -33,7 +33,7 @@ test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 bench: $(STAMP)  ## speed table: pinn's derivative engines against nested autograd
-	$(BIN)/python benchmarks/speed.py $(ARGS)
+	$(BIN)/python benchmarks/speed.py --deepxde $(ARGS)
 
 accuracy: $(STAMP)  ## accuracy table: every equation's default config (rel L2, time)
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)

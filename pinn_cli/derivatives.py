@@ -9,20 +9,22 @@ Two engines sit behind one interface:
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
 
 from .errors import PinnConfigError
+from .taylor import Combo, taylor_channels
 
 Key = tuple[int, tuple[int, ...]]  # (output index, sorted input indices)
 
 ENGINES = ("auto", "autograd", "forward")
 
 
-@lru_cache(maxsize=None)
+@cache
 def parse_name(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> Key | int | None:
     """Map ``u`` / ``u_xt`` to (output, inputs); an input name to its column index; else None."""
     if name in inputs:
@@ -116,30 +118,135 @@ class AutogradFields(Fields):
         return self._cache[key]
 
 
+@dataclass(frozen=True)
+class ForwardPlan:
+    """The channels one forward (Taylor) pass carries and where each named derivative is read from.
+
+    ``source`` maps a derivative key to ``("first", i)`` (d/dx_i), ``("combo", c)`` (channel c) or
+    ``("zero", 0)``. A fused linear operator (``u_t - a u_xx`` as one channel) is read through its
+    anchor key (``u_t``, with coefficients divided by the anchor's) while the other keys read zero,
+    so a residual that is affine in them with those coefficients gets its exact value.
+    """
+
+    first: tuple[int, ...]
+    combos: tuple[Combo, ...]
+    source: tuple[tuple[Key, str, int], ...]
+
+    @classmethod
+    def build(cls, needs: Iterable[Key], fused: Mapping[int, Mapping[tuple[int, ...], float]] | None = None
+              ) -> ForwardPlan:
+        """Plain channels for ``needs``; per output in ``fused``, one channel for its linear operator."""
+        fused = fused or {}
+        first: list[int] = []
+        combos: list[Combo] = []
+        source: list[tuple[Key, str, int]] = []
+
+        def combo(c: Combo) -> int:
+            if c not in combos:
+                combos.append(c)
+            return combos.index(c)
+
+        for out, coefs in sorted(fused.items()):
+            anchor = max(coefs, key=lambda idx: (abs(coefs[idx]), idx))
+            c = combo(tuple((coefs[idx] / coefs[anchor], idx) for idx in sorted(coefs)))
+            source += [((out, idx), "combo" if idx == anchor else "zero", c if idx == anchor else 0)
+                       for idx in sorted(coefs)]
+        for out, idx in sorted(needs):
+            if not idx or idx in fused.get(out, {}):
+                continue
+            if len(idx) == 1:
+                if idx[0] not in first:
+                    first.append(idx[0])
+                source.append(((out, idx), "first", idx[0]))
+            else:
+                source.append(((out, idx), "combo", combo(((1.0, idx),))))
+        return cls(tuple(first), tuple(combos), tuple(source))
+
+    def unpack(self, value: torch.Tensor, d1: Mapping[int, torch.Tensor], combos: Sequence[torch.Tensor],
+               n: int) -> dict[Key, torch.Tensor]:
+        """Named columns from one pass's outputs: the value (first ``n`` rows) and the derivatives."""
+        cache: dict[Key, torch.Tensor] = {(k, ()): value[:n, k] for k in range(value.shape[1])}
+        for (out, idx), kind, i in self.source:
+            if kind == "first":
+                cache[(out, idx)] = d1[i][:, out]
+            elif kind == "combo":
+                cache[(out, idx)] = combos[i][:, out]
+            else:
+                cache[(out, idx)] = value.new_zeros(()).expand(n)
+        return cache
+
+
 class ForwardFields(Fields):
     """Derivatives computed up front by forward Taylor propagation; only the declared ones exist."""
 
     def __init__(self, net: nn.Module, x: torch.Tensor, inputs: Sequence[str], outputs: Sequence[str],
-                 needs: Iterable[Key], normals: torch.Tensor | None = None) -> None:
-        from .taylor import mlp_taylor
-
+                 needs: Iterable[Key], normals: torch.Tensor | None = None, plan: ForwardPlan | None = None
+                 ) -> None:
         super().__init__(x, inputs, outputs, normals)
-        needs = list(needs)
-        first = sorted({idx[0] for _, idx in needs if len(idx) == 1})
-        pairs = sorted({idx for _, idx in needs if len(idx) == 2})
-        value, d1, d2 = mlp_taylor(net, x, first, pairs)
-        for k in range(value.shape[1]):
-            self._cache[(k, ())] = value[:, k]
-            for i, t in d1.items():
-                self._cache[(k, (i,))] = t[:, k]
-            for ij, t in d2.items():
-                self._cache[(k, ij)] = t[:, k]
+        plan = plan or ForwardPlan.build(needs)
+        self._cache = plan.unpack(*taylor_channels(net, x, plan.first, plan.combos), len(x))
+
+    @classmethod
+    def from_cache(cls, x: torch.Tensor, inputs: Sequence[str], outputs: Sequence[str],
+                   cache: dict[Key, torch.Tensor], normals: torch.Tensor | None = None) -> ForwardFields:
+        """Fields over already computed columns (one slice of a shared forward pass)."""
+        f = cls.__new__(cls)
+        Fields.__init__(f, x, inputs, outputs, normals)
+        f._cache = cache
+        return f
 
     def get(self, key: Key) -> torch.Tensor:
         try:
             return self._cache[key]
         except KeyError:
             raise KeyError(f"derivative {key} was not declared to the forward engine") from None
+
+
+class ProbeFields(Fields):
+    """Fields whose outputs and derivatives are free tensors (to read a residual's coefficients)."""
+
+    def __init__(self, x: torch.Tensor, inputs: Sequence[str], outputs: Sequence[str],
+                 values: dict[Key, torch.Tensor], normals: torch.Tensor | None = None) -> None:
+        super().__init__(x, inputs, outputs, normals)
+        self._cache = values
+
+    def get(self, key: Key) -> torch.Tensor:
+        return self._cache[key]
+
+
+def constant_linear_part(residual: Callable, x: torch.Tensor, inputs: Sequence[str], outputs: Sequence[str],
+                         needs: Iterable[Key], normals: torch.Tensor | None = None,
+                         ) -> dict[int, dict[tuple[int, ...], float]]:
+    """Per output, the derivatives the residual is affine in with constant coefficients.
+
+    The residual is evaluated twice on free random field values at points ``x`` (float64); a
+    derivative qualifies when its pointwise coefficient is the same at every point and in both
+    evaluations. Only outputs with two or more such derivatives are returned (fusing them saves a
+    channel). A residual that is not one pointwise tensor gives ``{}``; callers verify the result.
+    """
+    needs = sorted(k for k in needs if k[1])
+    keys = [(k, ()) for k in range(len(outputs))] + needs
+    gen = torch.Generator().manual_seed(0)
+    x = x.detach().to(torch.float64)
+    normals = None if normals is None else normals.detach().to(torch.float64)
+    coefs = []
+    for _ in range(2):
+        values = {k: torch.randn(len(x), generator=gen, dtype=torch.float64).requires_grad_(True) for k in keys}
+        with torch.enable_grad():
+            r = residual(ProbeFields(x, inputs, outputs, values, normals))
+            if not isinstance(r, torch.Tensor) or r.shape != (len(x),) or not r.requires_grad:
+                return {}
+            grads = torch.autograd.grad(r.sum(), [values[k] for k in needs], allow_unused=True)
+        coefs.append(grads)
+    found: dict[int, dict[tuple[int, ...], float]] = {}
+    for (out, idx), g0, g1 in zip(needs, *coefs):
+        if g0 is None or g1 is None:
+            continue
+        c = g0[0].item()
+        if c != 0 and torch.allclose(g0, g1, rtol=1e-12, atol=0) and torch.allclose(g0, torch.full_like(g0, c),
+                                                                                   rtol=1e-12, atol=0):
+            found.setdefault(out, {})[idx] = c
+    return {out: c for out, c in found.items() if len(c) > 1}
 
 
 class RecordingFields(AutogradFields):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,12 +11,16 @@ from .errors import PinnConfigError
 
 
 class Activation(nn.Module):
-    """Pointwise activation that also returns its first two derivatives (for forward-mode Taylor)."""
+    """Pointwise activation that also returns its first three derivatives (for forward-mode Taylor)."""
 
     name: str = ""
 
     def derivs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return sigma(z), sigma'(z), sigma''(z), reusing shared intermediates."""
+        raise NotImplementedError
+
+    def third(self, z: torch.Tensor, s: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """Return the third derivative at ``z``, given ``derivs(z)`` (for the fused Taylor backward)."""
         raise NotImplementedError
 
 
@@ -28,8 +32,11 @@ class Tanh(Activation):
 
     def derivs(self, z):
         s = torch.tanh(z)
-        d1 = 1 - s * s
-        return s, d1, -2 * s * d1
+        s1 = torch.addcmul(scalar(1.0, s), s, s, value=-1)  # 1 - s^2, one pass
+        return s, s1, torch.mul(s, s1).mul_(-2)
+
+    def third(self, z, s, s1, s2):
+        return torch.add(scalar(4.0, s1), s1, alpha=-6).mul_(s1)  # -2 s1 (1 - 3 s^2) = s1 (4 - 6 s1)
 
 
 class Sin(Activation):
@@ -42,6 +49,9 @@ class Sin(Activation):
         s = torch.sin(z)
         return s, torch.cos(z), -s
 
+    def third(self, z, s, s1, s2):
+        return -s1
+
 
 class GELU(Activation):
     name = "gelu"
@@ -51,10 +61,16 @@ class GELU(Activation):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return nn.functional.gelu(z)
 
+    def _pdf(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * z * z) * self._inv_sqrt2pi
+
     def derivs(self, z):
         cdf = 0.5 * (1 + torch.erf(z * self._inv_sqrt2))
-        pdf = torch.exp(-0.5 * z * z) * self._inv_sqrt2pi
+        pdf = self._pdf(z)
         return z * cdf, cdf + z * pdf, pdf * (2 - z * z)
+
+    def third(self, z, s, s1, s2):
+        return self._pdf(z) * z * (z * z - 4)
 
 
 class SiLU(Activation):
@@ -68,6 +84,12 @@ class SiLU(Activation):
         dsg = sg * (1 - sg)
         return z * sg, sg + z * dsg, dsg * (2 + z * (1 - 2 * sg))
 
+    def third(self, z, s, s1, s2):
+        sg = torch.sigmoid(z)
+        dsg = sg * (1 - sg)
+        c = 1 - 2 * sg
+        return dsg * (c * (3 + z * c) - 2 * z * dsg)
+
 
 class Identity(Activation):
     name = "identity"
@@ -77,6 +99,14 @@ class Identity(Activation):
 
     def derivs(self, z):
         return z, torch.ones_like(z), torch.zeros_like(z)
+
+    def third(self, z, s, s1, s2):
+        return torch.zeros_like(z)
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-dim tensor like ``like`` (``addcmul(scalar(1, s), s, s, value=-1)``: one pass)."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 ACTIVATIONS: dict[str, Callable[[], Activation]] = {

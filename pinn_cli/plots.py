@@ -53,7 +53,8 @@ def plot_solution(x: np.ndarray, axes: list[np.ndarray], pred: np.ndarray, exact
         for k in range(n_out):
             p = pred[:, k].reshape(shape)[sl]
             e = exact[:, k].reshape(shape)[sl]
-            vmin, vmax = float(e.min()), float(e.max())
+            ref = e[np.isfinite(e)] if np.isfinite(e).any() else p[np.isfinite(p)]  # NaN: outside the domain
+            vmin, vmax = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)
             for j, (img, name) in enumerate(((p, "PINN"), (e, "exact"), (np.abs(p - e), "|error|"))):
                 kw = {} if j == 2 else {"vmin": vmin, "vmax": vmax}
                 im = ax[k, j].imshow(img, origin="lower", aspect="auto", extent=extent, cmap="viridis" if j < 2 else "magma", **kw)

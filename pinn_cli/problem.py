@@ -1,17 +1,31 @@
 """A PINN problem: an equation's residual and conditions on sampled points, turned into a loss."""
 from __future__ import annotations
 
+import copy
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .derivatives import DerivativeEngine, Key, RecordingFields
+from .derivatives import (
+    AutogradFields,
+    DerivativeEngine,
+    ForwardFields,
+    ForwardPlan,
+    Key,
+    RecordingFields,
+    constant_linear_part,
+)
 from .domains import Box, PointSet
 from .equations.base import Equation
 from .errors import PinnConfigError
+from .speed import CompiledLoss, compile_setting
+from .taylor import taylor_channels
+
+log = logging.getLogger("pinn")
 
 
 @dataclass
@@ -27,6 +41,17 @@ class Term:
     normals: torch.Tensor | None = None
     needs: set[Key] = field(default_factory=set)
     engine: str = "autograd"
+    select: Callable | None = None   # restricts boundary/initial points (Condition.select)
+    channels: ForwardPlan | None = None  # forward engine: the channels of this term's pass
+
+
+@dataclass
+class _Pass:
+    """Terms (indices into ``Problem.terms``) evaluated in one forward pass: ``lead`` (with derivative
+    channels, if any) and riders that need only the network's value, their points appended to the lead's."""
+
+    lead: int | None
+    riders: list[int]
 
 
 def mse(residual) -> torch.Tensor:
@@ -44,21 +69,24 @@ class Problem:
         self.equation, self.domain, self.net, self.engine = equation, domain, net, engine
         self.sampler = sampler_cfg
         self.device, self.dtype = device, dtype
+        self._passes: list[_Pass] = []  # forward-engine passes, set by plan()
+        self._compiled: CompiledLoss | None = None  # set by configure()
         self.terms = [Term("pde", equation.residual, equation.weights["pde"], "interior")]
         for cond in equation.conditions():
             at = None
             if cond.on == "points":
                 at = {k: list(map(float, v)) for k, v in (cond.at or {}).items()}
-            self.terms.append(Term(cond.name, cond.residual, equation.weights[cond.name], cond.on, at))
+            self.terms.append(Term(cond.name, cond.residual, equation.weights[cond.name], cond.on, at,
+                                   select=getattr(cond, "select", None)))
 
     def _draw(self, term: Term, rng: np.random.Generator) -> PointSet:
         s = self.sampler
         if term.where == "interior":
             return self.domain.interior(s.n_interior, s.name, rng)
         if term.where == "boundary":
-            return self.domain.boundary(s.n_boundary, s.name, rng)
+            return self.domain.boundary(s.n_boundary, s.name, rng, select=term.select)
         if term.where == "initial":
-            return self.domain.initial(s.n_initial, s.name, rng)
+            return self.domain.initial(s.n_initial, s.name, rng, select=term.select)
         if term.where == "points":
             cols = [term.at[n] for n in self.equation.inputs]
             return PointSet(np.array(cols, dtype=float).T)
@@ -72,7 +100,8 @@ class Problem:
             term.normals = None if ps.normals is None else torch.as_tensor(ps.normals, device=self.device, dtype=self.dtype)
 
     def plan(self) -> None:
-        """Find which derivatives each term uses (one probe on a few points) and pick its engine."""
+        """Find which derivatives each term uses (one probe on a few points), pick its engine, and
+        group the forward-engine terms into passes (see :meth:`_plan_passes`)."""
         eq = self.equation
         for term in self.terms:
             n = min(4, len(term.x))
@@ -81,19 +110,92 @@ class Problem:
             term.residual(probe)
             term.needs = probe.asked
             term.engine = self.engine.resolve(term.needs)
+            term.channels = self._channels(term) if term.engine == "forward" and term.needs else None
+        self._passes = self._plan_passes()
+
+    def _channels(self, term: Term) -> ForwardPlan:
+        """The term's forward channels, with its constant-coefficient linear operator fused into one
+        channel when the residual allows it (checked against the autograd engine in float64)."""
+        eq = self.equation
+        n = min(32, len(term.x))
+        x, normals = term.x[:n], None if term.normals is None else term.normals[:n]
+        plain = ForwardPlan.build(term.needs)
+        fused = constant_linear_part(term.residual, x, eq.inputs, eq.outputs, term.needs, normals)
+        if not fused:
+            return plain
+        channels = ForwardPlan.build(term.needs, fused)
+        net = copy.deepcopy(self.net).to(torch.float64)
+        x64 = x.detach().to(torch.float64)
+        n64 = None if normals is None else normals.to(torch.float64)
+        ref = term.residual(AutogradFields(net, x64, eq.inputs, eq.outputs, n64)).detach()
+        got = term.residual(ForwardFields(net, x64, eq.inputs, eq.outputs, term.needs, n64, channels)).detach()
+        if (got - ref).abs().max() > 1e-9 * max(1.0, ref.abs().max().item()):
+            log.debug("term %s: fused operator channel disagrees with autograd; using plain channels", term.name)
+            return plain
+        return channels
+
+    def _plan_passes(self) -> list[_Pass]:
+        """One pass per forward-engine term with derivatives; value-only forward terms ride along
+        with the largest of those (or share one pass of their own)."""
+        passes = [_Pass(i, []) for i, t in enumerate(self.terms) if t.channels is not None]
+        riders = [i for i, t in enumerate(self.terms) if t.engine == "forward" and t.channels is None]
+        if riders and passes:
+            max(passes, key=lambda p: len(self.terms[p.lead].x)).riders.extend(riders)
+        elif riders:
+            passes.append(_Pass(None, riders))
+        return passes
+
+    def configure(self, trainer_compile: object = "false", calls_expected: int = 0,
+                  double_backward: bool = False) -> None:
+        """``trainer.compile``: route :meth:`loss` through :class:`~pinn_cli.speed.CompiledLoss`
+        (``calls_expected``: about how many times the run will call it). ``double_backward``: something
+        differentiates the loss's gradient (Hessian analysis), which compiled code cannot: stay eager."""
+        setting = compile_setting(trainer_compile)
+        nested = any(t.engine == "autograd" and t.needs for t in self.terms)
+        if (double_backward or nested) and setting != "false":
+            if setting != "auto":
+                why = "Hessian analysis differentiates the loss twice" if double_backward else \
+                    "nested autograd derivatives need double backward, which torch.compile lacks"
+                log.warning("trainer.compile=%s: %s; training continues in eager mode", setting, why)
+            setting = "false"
+        self._compiled = CompiledLoss(self._loss, list(self.net.parameters()), setting, calls_expected, self.device)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`loss` runs compiled code (after ``configure`` and its first calls)."""
+        return self._compiled is not None and self._compiled.active is not None
 
     def term_losses(self) -> list[torch.Tensor]:
         """Unweighted mean-square residual of each term, in ``self.terms`` order."""
-        return [
-            mse(t.residual(self.engine.fields(t.x, t.needs, t.normals, t.engine)))
-            for t in self.terms
-        ]
+        return self._loss()[1]
 
     def loss(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Weighted total loss and the unweighted terms."""
-        parts = self.term_losses()
-        total = sum(t.weight * p for t, p in zip(self.terms, parts))
-        return total, parts
+        return self._compiled() if self._compiled is not None else self._loss()
+
+    def _loss(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        eq, terms = self.equation, self.terms
+        parts: list[torch.Tensor | None] = [None] * len(terms)
+        for p in self._passes:
+            lead = None if p.lead is None else terms[p.lead]
+            group = ([p.lead] if lead is not None else []) + p.riders
+            x = torch.cat([terms[i].x for i in group]) if len(group) > 1 else terms[group[0]].x
+            plan = lead.channels if lead is not None else ForwardPlan((), (), ())
+            n = len(lead.x) if lead is not None else 0
+            value, d1, combos = taylor_channels(self.net, x, plan.first, plan.combos, n_deriv=n)
+            start = 0
+            for i in group:
+                t, m = terms[i], len(terms[i].x)
+                if t is lead:
+                    cache = plan.unpack(value, d1, combos, n)
+                else:
+                    cache = {(k, ()): value[start:start + m, k] for k in range(value.shape[1])}
+                parts[i] = mse(t.residual(ForwardFields.from_cache(t.x, eq.inputs, eq.outputs, cache, t.normals)))
+                start += m
+        for i, t in enumerate(terms):
+            if parts[i] is None:
+                parts[i] = mse(t.residual(self.engine.fields(t.x, t.needs, t.normals, t.engine)))
+        return sum(t.weight * q for t, q in zip(terms, parts)), parts
 
     def state(self) -> dict:
         return {t.name: (t.x.cpu(), None if t.normals is None else t.normals.cpu()) for t in self.terms}

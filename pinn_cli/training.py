@@ -17,7 +17,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, plots
+from . import checkpoint, distributed, plots
 from .config import resolve_device, resolve_dtype, validate
 from .derivatives import DerivativeEngine
 from .domains import Box, build_domain
@@ -27,6 +27,7 @@ from .metrics import Evaluator
 from .networks import build_network
 from .optim import OptimizerSchedule
 from .problem import Problem
+from .speed import set_tf32, tune_malloc
 from .sampling import check_sampler
 
 log = logging.getLogger("pinn")
@@ -62,11 +63,11 @@ def build(cfg: DictConfig) -> Setup:
     """Validate ``cfg`` and build the equation, domain, network, problem and evaluator."""
     validate(cfg)
     check_sampler(cfg.sampler.name)
-    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.precision)
+    device, dtype = distributed.local_device(resolve_device(cfg.device)), resolve_dtype(cfg.precision)
     torch.manual_seed(cfg.seed)
     equation = build_equation(cfg.equation)
     domain = build_domain(cfg.domain, equation)
-    bounds = [equation.bounds[n] for n in equation.inputs]
+    bounds = domain.bounds   # the domain's bounding box per input: network inputs are scaled from it
     net = build_network(cfg.network, len(equation.inputs), len(equation.outputs), bounds).to(device, dtype)
     engine = DerivativeEngine(cfg.derivatives, net, equation.inputs, equation.outputs)
     problem = Problem(equation, domain, net, engine, cfg.sampler, device, dtype)
@@ -79,19 +80,37 @@ class _Stop:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.previous: dict = {}
 
     def __call__(self, signum, frame) -> None:
         self.signal = signum
+
+    def chain(self, signum: int | None) -> None:
+        """After last.pt is written, hand the signal on to the handler that was installed before ours
+        (submitit's: it requeues the job, which resumes with trainer.resume=auto)."""
+        handler = self.previous.get(signum)
+        if signum and callable(handler):
+            handler(signum, None)
+
+
+def _submitit_signal():
+    """The signal submitit sends before a timeout or on preemption (USR2 unless SUBMITIT_PREEMPT_SIGNAL says),
+    caught only when a Python handler for it is installed (inside a submitit job)."""
+    import os
+
+    sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    return sig if sig is not None and callable(signal.getsignal(sig)) else None
 
 
 @contextmanager
 def _preemption_handler():
     stop = _Stop()
-    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None]
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), _submitit_signal()) if s is not None]
     try:
-        old = {s: signal.signal(s, stop) for s in sigs}
+        old = {s: signal.signal(s, stop) for s in dict.fromkeys(sigs)}
     except ValueError:
         old = {}
+    stop.previous = old
     try:
         yield stop
     finally:
@@ -153,6 +172,7 @@ def resolve_resume(value, run_dir: Path) -> Path | None:
 def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     """Train the PINN described by ``cfg``; write checkpoints, history, metrics and plots into ``run_dir``."""
     run_dir = Path(run_dir)
+    ctx = distributed.init()
     setup = build(cfg)
     net, problem, evaluator, equation = setup.net, setup.problem, setup.evaluator, setup.equation
     t_cfg = cfg.trainer
@@ -160,6 +180,12 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     rng = np.random.default_rng(cfg.seed)
     problem.sample(rng)
     problem.plan()
+    tune_malloc()
+    set_tf32(bool(t_cfg.get("tf32", False)))
+    hessian = bool(cfg.get("analysis") and cfg.analysis.get("hessian_every"))
+    problem.configure(t_cfg.get("compile", "auto"), calls_expected=total, double_backward=hessian)
+    shards = distributed.Shards(ctx, problem)  # several ranks: each trains on its slice of the points
+    shards.update()
     schedule = OptimizerSchedule(cfg.optimizer, list(net.parameters()), total)
     term_names = [t.name for t in problem.terms]
     columns = ["step", "time_s", "loss", *[f"loss_{n}" for n in term_names], "lr", "rel_l2"]
@@ -178,6 +204,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
             raise PinnError(f"checkpoint {resume} does not match this network (network.* differs)") from None
         schedule.load_state_dict(state["optimizer"])
         problem.load_state(state["points"])
+        shards.update()
         torch.set_rng_state(state["rng"]["torch"])
         rng.bit_generator.state = state["rng"]["numpy"]
         step, best, history = state["step"], state["best_rel_l2"], state["history"]
@@ -188,7 +215,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         return {
             "model": net.state_dict(), "optimizer": schedule.state_dict(), "step": step,
             "rng": _rng_state(rng), "config": config_dict, "best_rel_l2": best, "history": history,
-            "points": problem.state(), "equation": equation.name, "elapsed_s": elapsed,
+            "points": shards.state(), "equation": equation.name, "elapsed_s": elapsed,
         }
 
     log.info(
@@ -196,7 +223,8 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         equation.name, ",".join(equation.inputs), cfg.network.name, sum(p.numel() for p in net.parameters()),
         setup.device, cfg.precision, ",".join(f"{t.name}:{t.engine}" for t in problem.terms),
     )
-    progress = _Progress(total, bool(t_cfg.progress))
+    progress = _Progress(total, bool(t_cfg.progress) and ctx.is_main)
+    loss_fn = distributed.loss_function(problem, shards, setup.device)
     stopped_by = None
     status = "done"
     t0 = time.perf_counter()
@@ -208,17 +236,19 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     every = cfg.sampler.resample_every
                     if every and step and step % every == 0:
                         problem.sample(rng)
-                    loss, parts = schedule.adam_step(problem.loss)
+                        shards.update()
+                    loss, parts = schedule.adam_step(loss_fn)
                     step += 1
                 else:
                     chunk = min(t_cfg.log_every - step % t_cfg.log_every, total - step)
-                    done, loss, parts = schedule.lbfgs_steps(problem.loss, chunk)
+                    done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk)
                     if done == 0:
                         log.info("L-BFGS converged at step %d; stopping", step)
                         total = step
                     step += max(done, 0)
                 is_last = step >= total
-                if step % t_cfg.log_every == 0 or is_last or stop.signal:
+                signalled = distributed.agree(stop.signal)
+                if step % t_cfg.log_every == 0 or is_last or signalled:
                     lossv = loss.item()
                     now = time.perf_counter()
                     if not math.isfinite(lossv):
@@ -227,7 +257,11 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     row = {"step": step, "time_s": round(elapsed_before + now - t0, 4), "loss": lossv,
                            "lr": schedule.current_lr(max(step - 1, 0)), "rel_l2": None}
                     row.update({f"loss_{n}": p.item() for n, p in zip(term_names, parts)})
-                    if step % t_cfg.eval_every == 0 or is_last:
+                    if cfg.get("analysis") and cfg.analysis.get("hessian_every"):  # top Hessian eigenvalue
+                        from .hessian import log_top_eigenvalue
+
+                        log_top_eigenvalue(cfg, problem, history, row, columns)
+                    if (step % t_cfg.eval_every == 0 or is_last) and ctx.is_main:
                         m = evaluator.metrics(net)
                         row["rel_l2"] = m["rel_l2"]
                         if m["rel_l2"] < best:
@@ -241,15 +275,21 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                         log.info("step %d loss %.4e%s lr %.2e %.0f it/s", step, lossv,
                                  "" if row["rel_l2"] is None else f" rel_l2 {row['rel_l2']:.4e}",
                                  row["lr"], speed)
-                    if step % t_cfg.checkpoint_every == 0 or is_last or stop.signal:
+                    if (step % t_cfg.checkpoint_every == 0 or is_last or signalled) and ctx.is_main:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
-                if stop.signal:
-                    stopped_by = signal.Signals(stop.signal).name
+                if signalled:
+                    stopped_by = signal.Signals(signalled).name
                     status = "preempted"
                     break
         finally:
             progress.close()
     wall = elapsed_before + time.perf_counter() - t0
+    if not ctx.is_main:  # rank 0 writes everything; the others return its metrics
+        if status == "diverged":
+            raise PinnError(f"training diverged at step {step} (loss is not finite)")
+        metrics = distributed.share(None)
+        stop.chain(signal.Signals[stopped_by] if stopped_by else None)
+        return metrics
     _write_history(history, columns, run_dir / "history.csv")
     plots.plot_loss(history, term_names, run_dir / "loss_curve.png")
     if status == "diverged":
@@ -270,13 +310,14 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     if stopped_by:
         metrics["stopped_by"] = stopped_by
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    pred = evaluator.predict(net).cpu().numpy()
     plots.plot_solution(
-        evaluator.x.cpu().numpy(), evaluator.axes, pred, evaluator.exact.cpu().numpy(),
+        *evaluator.plot_data(net),   # the plotting grid, NaN outside a disk/polygon
         equation.inputs, equation.outputs,
         f"{equation.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e}",
         run_dir / "solution.png",
     )
+    distributed.share(metrics)
+    stop.chain(signal.Signals[stopped_by] if stopped_by else None)
     return metrics
 
 

@@ -30,7 +30,7 @@ def test_top_level_help():
 
 def test_train_help_and_cfg_job():
     res = pinn("train", "--help")
-    assert res.returncode == 0 and "equation: heat, ode_bvp, ode_decay, poisson2d" in res.stdout
+    assert res.returncode == 0 and "equation: burgers, custom, diffusion_reaction, heat, heat2d," in res.stdout
     res = pinn("train", "--cfg", "job", "equation=poisson2d", "network.width=7")
     assert res.returncode == 0
     assert "Poisson2D" in res.stdout and "width: 7" in res.stdout
@@ -73,7 +73,7 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("equation=nope", "equation='nope' is not known; choose from: heat, ode_bvp, ode_decay, poisson2d"),
+        ("equation=nope", "equation='nope' is not known; choose from: burgers, custom, diffusion_reaction, heat,"),
         ("sampler.n_interior=-5", "sampler.n_interior=-5 is invalid; it must be a positive integer"),
         ("network.depth=0", "network.depth=0 is invalid; it must be a positive integer"),
         ("device=cuda", "device=cuda is not available"),

@@ -40,16 +40,17 @@ def test_optimizer_config_builds(optimizer):
 
 @pytest.mark.parametrize("domain", _names("domain"))
 def test_domain_config_builds(domain):
-    from pinn_cli.domains import BOX_DOMAINS
+    from pinn_cli.domains import DOMAINS
 
     fits = {"auto": "heat", "interval": "ode_bvp", "rectangle": "poisson2d", "box": "poisson2d",
-            "interval_time": "heat", "rectangle_time": None, "box_time": "heat"}
+            "interval_time": "heat", "rectangle_time": "heat2d", "box_time": "heat",
+            "disk": "helmholtz", "disk_time": "heat2d", "polygon": "poisson2d", "polygon_time": "heat2d"}
     equation = fits[domain]
     if equation is None:
         pytest.skip("no built-in equation on this domain yet")
     setup = build(make_cfg(f"equation={equation}", f"domain={domain}", "device=cpu"))
     assert setup.domain.dim == len(setup.equation.inputs)
-    assert domain == "auto" or domain in BOX_DOMAINS
+    assert domain == "auto" or domain in DOMAINS
 
 
 def test_network_config_builds():

@@ -48,3 +48,62 @@ def test_unknown_coefficient_is_a_config_error():
 
     with pytest.raises(PinnConfigError, match="equation.beta is not a parameter of heat"):
         build(make_cfg("+equation.beta=2", "device=cpu"))
+
+
+@pytest.mark.parametrize("equation", EQUATIONS)
+def test_a_wrong_solution_leaves_a_residual(equation):
+    """Every equation's PDE term can fail: the exact solution, perturbed, does not satisfy it."""
+    setup = build(make_cfg(f"equation={equation}", "precision=float64", "device=cpu"))
+    eq, problem = setup.equation, setup.problem
+    problem.sample(np.random.default_rng(2))
+    x = problem.terms[0].x[:200]
+    wrong = lambda p: eq.exact(p) * 1.1 + 0.3 * torch.sin(p[:, :1] + 3 * p[:, -1:])   # (not a wave with c = 2)
+    assert mse(eq.residual(AutogradFields(wrong, x, eq.inputs, eq.outputs))).item() > 1e-6
+
+
+@pytest.mark.parametrize("equation, outputs, terms", [
+    ("kovasznay", ("u", "v", "p"), ["pde", "bc", "bc_p"]),
+    ("taylor_green", ("u", "v", "p"), ["pde", "ic", "bc"]),
+    ("wave", ("u",), ["pde", "ic", "ic_t", "bc"]),
+    ("klein_gordon", ("u",), ["pde", "ic", "ic_t", "bc"]),
+])
+def test_systems_and_second_order_in_time_use_the_plain_interface(equation, outputs, terms):
+    setup = build(make_cfg(f"equation={equation}", "device=cpu"))
+    assert setup.equation.outputs == outputs and setup.equation.terms == terms
+    assert setup.evaluator.exact.shape[1] == len(outputs)
+
+
+def test_kovasznay_pressure_is_given_on_the_outflow_side_only():
+    setup = build(make_cfg("equation=kovasznay", "device=cpu"))
+    setup.problem.sample(np.random.default_rng(0))
+    term = {t.name: t for t in setup.problem.terms}["bc_p"]
+    assert len(term.x) == setup.cfg.sampler.n_boundary and bool((term.x[:, 0] == 1.0).all())
+
+
+def test_poisson_nd_dimension_is_a_key():
+    setup = build(make_cfg("equation=poisson_nd", "equation.dim=3", "device=cpu"))
+    assert setup.equation.inputs == ("x1", "x2", "x3") and setup.domain.dim == 3
+    from pinn_cli.errors import PinnConfigError
+
+    with pytest.raises(PinnConfigError, match="equation.dim=0 is invalid"):
+        build(make_cfg("equation=poisson_nd", "equation.dim=0", "device=cpu"))
+
+
+def test_coefficients_are_keys():
+    setup = build(make_cfg("equation=helmholtz", "equation.k=6.283185307179586", "device=cpu"))
+    x = torch.tensor([[0.25, 0.25]], dtype=torch.float64)
+    assert abs(setup.equation.exact(x).item() - 1.0) < 1e-12   # sin(2 pi / 4)^2
+
+
+def test_tuning_sets_training_defaults_per_equation_and_the_command_line_wins():
+    from conftest import CONFIGS
+
+    tuned = sorted(p.stem for p in (CONFIGS / "tuning").glob("*.yaml"))
+    assert tuned and set(tuned) <= set(EQUATIONS)
+    base = make_cfg("equation=heat")
+    cfg = make_cfg("equation=burgers")
+    assert cfg.trainer.steps == 7000 and cfg.sampler.n_interior == 6000 and cfg.network.depth == 4
+    assert cfg.trainer.log_every == base.trainer.log_every          # untouched keys keep train.yaml's values
+    cfg = make_cfg("equation=burgers", "trainer.steps=7", "network.depth=2", "optimizer=adam")
+    assert cfg.trainer.steps == 7 and cfg.network.depth == 2 and cfg.optimizer.name == "adam"
+    assert make_cfg("equation=helmholtz").network.activation == "sin"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pinn_cli.networks import ACTIVATIONS, MLP
-from pinn_cli.taylor import mlp_taylor
+from pinn_cli.taylor import mlp_taylor, taylor_channels
 
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CONFIGS = [  # in_dim, out_dim, width, depth
@@ -68,15 +68,15 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert err <= RTOL[ref.dtype] * scale, f"{what}: max abs err {err:.3e}, reference scale {scale:.3e}"
 
 
-@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize("impl", ["traced", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "in{}_out{}_w{}_d{}".format(*c))
-def test_matches_nested_autograd(config, act, dtype, stacked):
+def test_matches_nested_autograd(config, act, dtype, impl):
     net = make_net(*config, act, dtype)
     x = make_points(net, 17)
     u, f_ref, p_ref = autograd_derivs(net, x)
-    v, f, p = mlp_taylor(net, x, range(net.in_dim), all_pairs(net.in_dim), stacked=stacked)
+    v, f, p = mlp_taylor(net, x, range(net.in_dim), all_pairs(net.in_dim), impl=impl)
     assert_close(v, u, "value")
     assert set(f) == set(f_ref) and set(p) == set(p_ref)
     for i in f_ref:
@@ -85,7 +85,7 @@ def test_matches_nested_autograd(config, act, dtype, stacked):
         assert_close(p[ij], p_ref[ij], f"d2/dx{ij}")
 
 
-@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize("impl", ["traced", "fused"])
 @pytest.mark.parametrize(
     "first, pairs",
     [
@@ -97,11 +97,11 @@ def test_matches_nested_autograd(config, act, dtype, stacked):
         ([1, 1], [(2, 1), (0, 2), (2, 1)]),
     ],
 )
-def test_returns_exactly_requested(first, pairs, stacked):
+def test_returns_exactly_requested(first, pairs, impl):
     net = make_net(3, 2, 7, 3, "tanh", torch.float64)
     x = make_points(net, 11)
     u, f_ref, p_ref = autograd_derivs(net, x)
-    v, f, p = mlp_taylor(net, x, first, pairs, stacked=stacked)
+    v, f, p = mlp_taylor(net, x, first, pairs, impl=impl)
     assert set(f) == set(first)
     assert set(p) == set(pairs)
     assert_close(v, u, "value")
@@ -111,11 +111,11 @@ def test_returns_exactly_requested(first, pairs, stacked):
         assert_close(p[(i, j)], p_ref[(min(i, j), max(i, j))], f"d2/dx{i}dx{j}")
 
 
-@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
-def test_identity_activation_gives_exact_zero_second_derivatives(stacked):
+@pytest.mark.parametrize("impl", ["traced", "fused"])
+def test_identity_activation_gives_exact_zero_second_derivatives(impl):
     net = make_net(3, 2, 6, 3, "identity", torch.float32)
     x = make_points(net, 9)
-    _, f, p = mlp_taylor(net, x, [0, 1, 2], all_pairs(3), stacked=stacked)
+    _, f, p = mlp_taylor(net, x, [0, 1, 2], all_pairs(3), impl=impl)
     assert all(torch.equal(t, torch.zeros_like(t)) for t in p.values())
     assert any(t.abs().max() > 0 for t in f.values())
 
@@ -140,9 +140,9 @@ def test_rejects_out_of_range_direction():
 
 
 def taylor_loss(
-    net: MLP, x: torch.Tensor, weights: torch.Tensor, pairs: list[tuple[int, int]], stacked: bool = False
+    net: MLP, x: torch.Tensor, weights: torch.Tensor, pairs: list[tuple[int, int]], impl: str = "auto"
 ) -> torch.Tensor:
-    v, f, p = mlp_taylor(net, x, list(range(net.in_dim)), pairs, stacked=stacked)
+    v, f, p = mlp_taylor(net, x, list(range(net.in_dim)), pairs, impl=impl)
     return loss_from(v, f, p, weights)
 
 
@@ -153,15 +153,15 @@ def loss_from(v, f, p, weights: torch.Tensor) -> torch.Tensor:
     return (r * r).mean() + sum((t * t).mean() for t in terms)
 
 
-@pytest.mark.parametrize("stacked", [False, True], ids=["per_channel", "stacked"])
+@pytest.mark.parametrize("impl", ["traced", "fused"])
 @pytest.mark.parametrize("act", ["tanh", "sin", "gelu", "silu", "identity"])
-def test_parameter_gradients_match_autograd(act, stacked):
+def test_parameter_gradients_match_autograd(act, impl):
     net = make_net(2, 2, 6, 3, act, torch.float64)
     x = make_points(net, 13)
     weights = torch.randn(1 + 2 + 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     params = list(net.parameters())
     ref = torch.autograd.grad(loss_from(*autograd_derivs(net, x), weights), params)
-    got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), stacked), params)
+    got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), impl), params)
     for (name, _), g, r in zip(net.named_parameters(), got, ref):
         assert_close(g, r, f"grad of {name}")
 
@@ -190,3 +190,114 @@ def test_torch_compile_matches_eager():
     assert_close(loss, ref_loss, "loss")
     for g, r in zip(got, ref):
         assert_close(g, r, "parameter gradient")
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_activation_derivatives_match_autograd(act):
+    z = torch.linspace(-3, 3, 61, dtype=torch.float64, requires_grad=True)
+    a = ACTIVATIONS[act]()
+    s, s1, s2 = a.derivs(z)
+    for lower, higher in ((s, s1), (s1, s2), (s2, a.third(z, s, s1, s2))):
+        if lower.requires_grad:
+            (d,) = torch.autograd.grad(lower.sum(), z, retain_graph=True)
+        else:  # a constant derivative (identity): the next one is zero
+            d = torch.zeros_like(z)
+        torch.testing.assert_close(higher.detach(), d, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s, a(z), rtol=1e-12, atol=1e-12)
+
+
+COMBOS = [  # (first, combos): operators carried as one channel, mixing orders and directions
+    ([], [((1.0, (1,)), (-0.05, (0, 0)))]),  # heat: u_t - 0.05 u_xx
+    ([0], [((1.0, (2,)), (-0.3, (0, 0)), (0.7, (1, 1)))]),  # u_x and u_z - 0.3 u_xx + 0.7 u_yy
+    ([1], [((2.0, (0, 1)),), ((1.0, (2, 2)), (0.5, (0,)))]),  # 2 u_xy; u_zz + 0.5 u_x
+    ([2], [((0.5, (0,)), (1.5, (1,)))]),  # first-order operator only
+]
+
+
+@pytest.mark.parametrize("impl", ["traced", "fused"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("first, combos", COMBOS)
+def test_combos_and_value_rows_match_autograd(first, combos, act, impl):
+    """Operator channels equal the same combination of nested-autograd derivatives; rows past
+    ``n_deriv`` get the value only; parameter gradients agree too."""
+    net = make_net(3, 2, 7, 3, act, torch.float64)
+    x = make_points(net, 19)
+    n = 13
+    _, f_ref, p_ref = autograd_derivs(net, x[:n])
+    v, f, c = taylor_channels(net, x, first, combos, n_deriv=n, impl=impl)
+    assert_close(v, net(x), "value at all rows")
+    assert set(f) == set(first) and len(c) == len(combos)
+    for i in first:
+        assert_close(f[i], f_ref[i], f"d/dx{i}")
+    refs = [sum(a * (f_ref[idx[0]] if len(idx) == 1 else p_ref[idx]) for a, idx in combo) for combo in combos]
+    for k, (got, ref) in enumerate(zip(c, refs)):
+        assert_close(got, ref, f"combo {k}")
+    weights = torch.linspace(0.5, 1.5, 1 + len(first) + len(combos), dtype=torch.float64)
+    params = list(net.parameters())
+
+    def loss(value, d1, cs):
+        terms = [value[:n], *(d1[i] for i in first), *cs]
+        r = sum(w * t for w, t in zip(weights, terms))
+        return (r * r).mean() + (value[n:] ** 2).mean() + sum((t * t).mean() for t in cs)
+
+    ref_grads = torch.autograd.grad(loss(net(x), f_ref, refs), params)
+    got_grads = torch.autograd.grad(loss(v, f, c), params)
+    for (name, _), g, r in zip(net.named_parameters(), got_grads, ref_grads):
+        assert_close(g, r, f"grad of {name}")
+
+
+def test_fused_double_backward_matches_traced():
+    """create_graph=True through the fused Function (Hessian-vector products) recomputes exactly."""
+    net = make_net(2, 1, 6, 3, "tanh", torch.float64)
+    x = make_points(net, 11)
+    params = list(net.parameters())
+    vec = [torch.randn_like(p) for p in params]
+    out = []
+    for impl in ("traced", "fused"):
+        v, f, c = taylor_channels(net, x, [0], [((1.0, (1,)), (-0.1, (0, 0)))], impl=impl)
+        loss = (c[0] ** 2).mean() + (f[0] ** 2).mean() + (v ** 2).mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        out.append(torch.autograd.grad(grads, params, vec))
+    for a, b in zip(*out):
+        assert_close(b, a, "Hessian-vector product")
+
+
+def test_vmap_uses_the_traced_path():
+    """Under torch.func transforms the fused Function is not used; results match per-member calls."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    class Operator(nn.Module):
+        def __init__(self, net: MLP) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return taylor_channels(self.net, x, [0], [((1.0, (1, 1)),)])[2][0]
+
+    nets = [make_net(2, 1, 5, 2, "tanh", torch.float64, seed=s) for s in range(3)]
+    params, buffers = stack_module_state(nets)
+    state = {f"net.{k}": v for k, v in {**params, **buffers}.items()}
+    x = make_points(nets[0], 7)
+    op = Operator(nets[0])
+    batched = vmap(lambda sd: functional_call(op, sd, (x,)))(state)
+    for k, net in enumerate(nets):
+        assert_close(batched[k], Operator(net)(x), f"member {k}")
+
+
+def test_fused_blocks_agree_with_one_block(monkeypatch):
+    """Points split into many blocks (derivative rows and value-only rows) give the same results."""
+    from pinn_cli import taylor
+
+    net = make_net(2, 2, 6, 3, "tanh", torch.float64)
+    x = make_points(net, 23)
+    params = list(net.parameters())
+
+    def run():
+        v, f, c = taylor_channels(net, x, [0], [((1.0, (1,)), (-0.2, (0, 0)))], n_deriv=17, impl="fused")
+        loss = (v ** 2).mean() + (f[0] ** 2).mean() + (c[0] ** 2).mean()
+        return [v, f[0], c[0], *torch.autograd.grad(loss, params)]
+
+    whole = run()
+    monkeypatch.setattr(taylor, "BLOCK_BYTES", 6 * 8 * 3 * 5)  # 5 rows per block
+    for a, b in zip(whole, run()):
+        assert_close(b, a, "blocked")

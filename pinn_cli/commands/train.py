@@ -19,14 +19,36 @@ def train_task(cfg: DictConfig) -> float:
     from ..training import run_training
     from ..summary import print_summary
 
+    from .. import distributed
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run_training(cfg, run_dir)
+        if cfg.trainer.get("ensemble", 1) != 1 or cfg.trainer.get("ensemble_param"):
+            from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)
+
+            metrics = run_ensemble(cfg, run_dir)
+        else:
+            metrics = run_training(cfg, run_dir)
     except PinnError as err:
         log.error("%s", err)
         raise
-    print_summary(metrics, run_dir)
+    except Exception as err:  # into train.log too, so `pinn summarize` can show why a sweep job failed
+        log.error("%s: %s", type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")
+        raise
+    if distributed.is_main():
+        print_summary(metrics, run_dir)
     return float(metrics["rel_l2"])
 
 
-main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_task)
+_hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_task)
+
+
+def main() -> None:
+    """Hydra's entry point; under torchrun every rank joins the process group first (see distributed.py)."""
+    from .. import distributed
+
+    distributed.prepare_launch()
+    try:
+        _hydra_main()
+    finally:
+        distributed.shutdown()

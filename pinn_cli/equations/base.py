@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..derivatives import Fields
@@ -16,24 +17,34 @@ Residual = Callable[[Fields], "torch.Tensor | Sequence[torch.Tensor]"]
 class Condition:
     """A constraint ``residual(f) = 0`` on a part of the domain.
 
-    ``on`` is ``"boundary"`` (the spatial boundary, for all times), ``"initial"`` (t at its lower
-    bound) or ``"points"`` (the fixed points ``at``, a dict of coordinates per input).
+    ``on`` is ``"boundary"`` (the spatial boundary, for all times; points carry outward normals, so
+    ``f.u_n`` works), ``"initial"`` (t at its lower bound) or ``"points"`` (the fixed points ``at``,
+    a dict of coordinates per input). ``select`` (points (N, d) -> bool mask) restricts the
+    boundary or initial set to part of it, e.g. one face: ``lambda x: x[:, 0] == 1.0``.
+    The residual may return one tensor or a tuple of them (a condition on several outputs).
     """
 
     name: str
     on: str
     residual: Residual
     at: Mapping[str, Sequence[float]] | None = None
+    select: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 class Equation:
     """Base class: subclasses set ``inputs``, ``outputs``, ``time``, ``params`` and implement
-    ``residual``, ``conditions`` and ``exact``."""
+    ``residual``, ``conditions`` and ``exact``.
+
+    ``inputs``/``outputs`` may also be set per instance before ``Equation.__init__`` runs (an
+    equation whose dimension is a config key). The default domain is not chosen here but in the
+    equation's config file (``override /domain@_global_.domain: disk_time`` in its defaults list).
+    """
 
     inputs: ClassVar[tuple[str, ...]] = ("x",)
     outputs: ClassVar[tuple[str, ...]] = ("u",)
     time: ClassVar[str | None] = None
     params: ClassVar[dict[str, float]] = {}
+    has_exact: ClassVar[bool] = True     # False: no exact solution; metrics are NaN
 
     def __init__(self, name: str, bounds: Mapping[str, Sequence[float]],
                  weights: Mapping[str, float] | None = None, **coeffs: float) -> None:

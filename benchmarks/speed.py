@@ -1,0 +1,391 @@
+"""Speed table: one Adam step of a PINN, pinn's derivative engines against nested autograd and DeepXDE.
+
+Usage: python benchmarks/speed.py [--quick] [--deepxde] [--no-compile] [--steps N] [--threads N] ...
+
+One process, side by side: for each equation (heat, poisson2d, burgers) every variant starts from
+the same initial weights and trains on the same points (8192 interior + 1024 boundary/initial,
+MLP 2 -> [50] x 4 -> 1 tanh, float32, Adam lr 1e-3). Variants take turns in rounds of a few steps,
+so a change in machine load hits them all alike. Reported: median and min ms per step, ratios to
+nested autograd and to DeepXDE, peak memory of a step, and rel L2 against the exact solution after
+the same number of steps (speed must not be bought with accuracy). The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pinn_cli.paths import config_dir
+from pinn_cli.speed import tune_malloc
+from pinn_cli.training import build
+
+EQUATIONS = ("heat", "poisson2d", "burgers")
+NESTED = "nested autograd"
+DEEPXDE = "DeepXDE"
+DEFAULT = "pinn forward"  # what `pinn train` uses: derivatives=auto resolves to forward on an MLP
+StepFn = Callable[[], None]
+
+
+@dataclass
+class Variant:
+    """One way of training: ``step`` runs one Adam step; ``predict`` evaluates the network."""
+
+    name: str
+    step: StepFn | None
+    predict: Callable[[torch.Tensor], torch.Tensor] | None
+    note: str = ""
+    times: list[float] = field(default_factory=list)
+    steps_done: int = 0
+    peak_mb: float | None = None
+    rel_l2: float | None = None
+
+
+def make_cfg(equation: str, args: argparse.Namespace, derivatives: str):
+    timed = equation != "poisson2d"  # time-dependent: half the boundary budget goes to t = t0
+    n_b = args.n_boundary // 2 if timed else args.n_boundary
+    overrides = [
+        f"equation={equation}", f"derivatives={derivatives}", f"precision={args.precision}",
+        f"device={args.device}", f"network.width={args.width}", f"network.depth={args.depth}",
+        "network.activation=tanh", f"sampler.n_interior={args.n_interior}", f"sampler.n_boundary={n_b}",
+        f"sampler.n_initial={args.n_boundary - n_b if timed else n_b}", "sampler.name=lhs", f"seed={args.seed}",
+        "trainer.progress=false", f"trainer.eval_points={args.eval_points}",
+    ]
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+# ---------------------------------------------------------------- nested autograd, as a user writes it
+def grad(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)[0]
+
+
+def nested_loss(equation: str, net: torch.nn.Module, eq, points: dict[str, torch.Tensor]) -> torch.Tensor:
+    """PDE residual with nested torch.autograd.grad, plus the initial/boundary terms."""
+    x = points["pde"].clone().requires_grad_(True)
+    u = net(x)
+    du = grad(u, x)
+    u_x, u_2 = du[:, :1], du[:, 1:2]  # u_2 is u_t (heat, burgers) or u_y (poisson2d)
+    u_xx = grad(u_x, x)[:, :1]
+    if equation == "heat":
+        r = u_2 - eq.alpha * u_xx
+    elif equation == "burgers":
+        r = u_2 + u * u_x - eq.nu * u_xx
+    else:
+        u_yy = grad(u_2, x)[:, 1:2]
+        src = -(math.pi**2 / 2) * torch.sin(math.pi * (x[:, :1] + 1) / 2) * torch.sin(math.pi * (x[:, 1:2] + 1) / 2)
+        r = u_xx + u_yy - src
+    loss = r.square().mean() + net(points["bc"]).square().mean()
+    if "ic" in points:
+        xi = points["ic"]
+        sign = 1.0 if equation == "burgers" else -1.0  # burgers: u(x,0) = -sin(pi x); heat: sin(pi x)
+        loss = loss + (net(xi) + sign * torch.sin(math.pi * xi[:, :1])).square().mean()
+    return loss
+
+
+def adam_step(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], lr: float) -> StepFn:
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+    return step
+
+
+def compiles(fn: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> tuple[Callable | None, str]:
+    """torch.compile ``fn`` and run one forward and backward; (None, reason) when that fails."""
+    try:
+        cfn = torch.compile(fn, dynamic=False)
+        torch.autograd.grad(cfn(), params, allow_unused=True)
+        return cfn, ""
+    except Exception as err:  # noqa: BLE001 - report any compiler failure as such
+        return None, f"fails: {type(err).__name__}: {str(err).strip().splitlines()[0][:90] if str(err).strip() else ''}"
+
+
+# ---------------------------------------------------------------- variants
+def nested_variants(equation: str, base, points, args) -> list[Variant]:
+    out = []
+    for compiled in (False, True) if args.compile else (False,):
+        net = copy.deepcopy(base.net)
+        params = list(net.parameters())
+        fn = lambda net=net: nested_loss(equation, net, base.equation, points)
+        name = NESTED + (" + compile" if compiled else "")
+        if compiled:
+            fn, note = compiles(fn, params)
+            if fn is None:
+                out.append(Variant(name, None, None, note))
+                continue
+        out.append(Variant(name, adam_step(params, fn, args.lr), net))
+    return out
+
+
+def pinn_variants(equation: str, base, args) -> list[Variant]:
+    out = []
+    for engine in ("autograd", "forward"):
+        for compiled in (False, True) if args.compile else (False,):
+            setup = build(make_cfg(equation, args, engine))
+            setup.net.load_state_dict(base.net.state_dict())
+            setup.problem.load_state(base.problem.state())
+            setup.problem.plan()
+            setup.problem.configure("true" if compiled else "false")
+            name = f"pinn {engine}" + (" + compile" if compiled else "")
+            params = list(setup.net.parameters())
+            loss = lambda p=setup.problem: p.loss()[0]
+            step = adam_step(params, loss, args.lr)
+            note = ""
+            if compiled:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    step()  # compiles (or falls back to eager, logging why)
+                if not setup.problem.compiled:
+                    why = "needs double backward" if engine == "autograd" else "see the log"
+                    out.append(Variant(name, None, None, f"fails ({why}): pinn falls back to eager"))
+                    continue
+                note = "1 step taken while compiling"
+            v = Variant(name, step, setup.net, note)
+            v.steps_done = 1 if compiled else 0
+            out.append(v)
+    return out
+
+
+def deepxde_variant(equation: str, base, points, args) -> Variant:
+    """DeepXDE's own API (PyTorch backend) on the same points and initial weights."""
+    try:
+        dde = import_deepxde()
+    except Exception as err:  # noqa: BLE001
+        return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+    eq = base.equation
+    lo, hi = base.domain.lo, base.domain.hi
+    dde.config.set_default_float(args.precision)
+    if equation == "poisson2d":
+        geom = dde.geometry.Rectangle(lo.tolist(), hi.tolist())
+    else:
+        geom = dde.geometry.GeometryXTime(dde.geometry.Interval(lo[0], hi[0]), dde.geometry.TimeDomain(lo[1], hi[1]))
+
+    def pde(x, u):
+        u_x = dde.grad.jacobian(u, x, i=0, j=0)
+        u_xx = dde.grad.hessian(u, x, i=0, j=0)
+        if equation == "heat":
+            return dde.grad.jacobian(u, x, i=0, j=1) - eq.alpha * u_xx
+        if equation == "burgers":
+            return dde.grad.jacobian(u, x, i=0, j=1) + u * u_x - eq.nu * u_xx
+        src = -(math.pi**2 / 2) * torch.sin(math.pi * (x[:, :1] + 1) / 2) * torch.sin(math.pi * (x[:, 1:2] + 1) / 2)
+        return u_xx + dde.grad.hessian(u, x, i=1, j=1) - src
+
+    conds = [dde.icbc.DirichletBC(geom, lambda x: 0.0, lambda x, on: on)]
+    if equation != "poisson2d":
+        sign = -1.0 if equation == "burgers" else 1.0
+        conds.append(dde.icbc.IC(geom, lambda x: sign * np.sin(np.pi * x[:, :1]), lambda x, on: on))
+        anchors = np.concatenate([points[k].cpu().numpy() for k in ("pde", "bc", "ic")])
+        data = dde.data.TimePDE(geom, pde, conds, num_domain=0, num_boundary=0, num_initial=0, anchors=anchors)
+    else:
+        anchors = np.concatenate([points[k].cpu().numpy() for k in ("pde", "bc")])
+        data = dde.data.PDE(geom, pde, conds, num_domain=0, num_boundary=0, anchors=anchors)
+    net = dde.nn.FNN([2] + [args.width] * (args.depth) + [1], "tanh", "Glorot normal")
+    scale, shift = base.net.in_scale.clone(), base.net.in_shift.clone()
+    net.apply_feature_transform(lambda x: x * scale + shift)
+    with torch.no_grad():
+        for mine, theirs in zip(base.net.layers, net.linears):
+            theirs.weight.copy_(mine.weight)
+            theirs.bias.copy_(mine.bias)
+    model = dde.Model(data, net)
+    model.compile("adam", lr=args.lr)
+    model.train(iterations=1, display_every=10**9, verbose=0)  # sets up its training state
+    ts = model.train_state
+
+    def step() -> None:  # the step Model.train repeats, without its evaluations of the test loss
+        model._train_step(ts.X_train, ts.y_train, ts.train_aux_vars)
+
+    v = Variant(DEEPXDE, step, net, "Model._train_step; PDE residual also on boundary points (DeepXDE's way)")
+    v.steps_done = 1
+    return v
+
+
+def import_deepxde():
+    """Import DeepXDE with the PyTorch backend, pip-installing it into this environment if missing."""
+    os.environ["DDE_BACKEND"] = "pytorch"
+    try:
+        import deepxde
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "deepxde"], check=True, timeout=600)
+        import deepxde
+    return deepxde
+
+
+# ---------------------------------------------------------------- measuring
+def clock(kind: str) -> Callable[[], float]:
+    return time.thread_time if kind == "cpu" else time.perf_counter
+
+
+def peak_step_memory(v: Variant, device: torch.device) -> float | None:
+    """Peak memory (MB) of one step above what was resident before it: CUDA allocator stats, or on
+    Linux the process's peak RSS after handing freed heap memory back (malloc_trim) and resetting it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        v.step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        base = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        v.step()
+        return (_status_kb("VmHWM") - base) / 1024
+    except OSError:
+        return None
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(key)
+
+
+def run_equation(equation: str, args: argparse.Namespace, device: torch.device) -> list[Variant]:
+    base = build(make_cfg(equation, args, "forward"))
+    base.problem.sample(np.random.default_rng(args.seed))
+    points = {t.name: t.x for t in base.problem.terms}
+    variants = nested_variants(equation, base, points, args)
+    if args.deepxde:
+        variants.append(deepxde_variant(equation, base, points, args))
+    variants += pinn_variants(equation, base, args)
+    live = [v for v in variants if v.step is not None]
+    tick = clock(args.clock)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for v in live:
+        for _ in range(args.warmup):
+            v.step()
+            v.steps_done += 1
+    while any(v.steps_done < args.steps for v in live):
+        for v in live:
+            for _ in range(min(args.round, args.steps - v.steps_done)):
+                sync()
+                t0 = tick()
+                v.step()
+                sync()
+                v.times.append(tick() - t0)
+                v.steps_done += 1
+    exact = base.evaluator.exact
+    for v in live:
+        if args.memory:
+            v.peak_mb = peak_step_memory(v, device)
+        with torch.no_grad():
+            pred = v.predict(base.evaluator.x)
+        v.rel_l2 = (torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact)).item()
+    return variants
+
+
+def summarise(equation: str, variants: list[Variant]) -> list[dict]:
+    ref = {v.name: statistics.median(v.times) for v in variants if v.times}
+    rows = []
+    for v in variants:
+        row = {"equation": equation, "variant": v.name, "note": v.note}
+        if v.times:
+            med = statistics.median(v.times)
+            row.update({
+                "median_ms": 1e3 * med, "min_ms": 1e3 * min(v.times), "timed_steps": len(v.times),
+                "steps": v.steps_done, "x_nested": ref[NESTED] / med if NESTED in ref else None,
+                "x_deepxde": ref[DEEPXDE] / med if DEEPXDE in ref else None,
+                "peak_mb": v.peak_mb, "rel_l2": v.rel_l2,
+            })
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    fmt = lambda x, f: "n/a" if x is None else format(x, f)
+    lines = ["| equation | variant | median ms/step | min ms | x nested autograd | x DeepXDE | peak MB | rel L2 | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "median_ms" not in r:
+            lines.append(f"| {r['equation']} | {r['variant']} | – | – | – | – | – | – | {r['note']} |")
+            continue
+        lines.append(
+            f"| {r['equation']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} "
+            f"| {fmt(r['x_nested'], '.2f')} | {fmt(r['x_deepxde'], '.2f')} | {fmt(r['peak_mb'], '.0f')} "
+            f"| {fmt(r['rel_l2'], '.2e')} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("equations", nargs="*", default=list(EQUATIONS), help="equations (default: heat poisson2d burgers)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 3 timed steps, no compile, no DeepXDE")
+    p.add_argument("--deepxde", action="store_true", help="include DeepXDE (pip-installed into this environment if missing)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variants")
+    p.add_argument("--steps", type=int, default=200, help="Adam steps per variant (all timed but the warm-up)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    p.add_argument("--round", type=int, default=10, help="steps a variant takes per turn")
+    p.add_argument("--n-interior", type=int, default=8192)
+    p.add_argument("--n-boundary", type=int, default=1024, help="boundary + initial points")
+    p.add_argument("--width", type=int, default=50)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--precision", default="float32", choices=("float32", "float64"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall time, or this thread's CPU time (steadier on a loaded machine; needs --threads 1)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-points", type=int, default=10000)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.compile, args.deepxde = False, False
+        args.steps, args.warmup, args.round = 3, 1, 1
+        args.n_interior, args.n_boundary, args.width, args.depth, args.eval_points = 256, 64, 16, 2, 400
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    tune_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    rows = []
+    for equation in args.equations:
+        rows += summarise(equation, run_equation(equation, args, device))
+        print(f"[{equation} done, {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
+    print(table(rows))
+    print(f"\n{args.precision}, {args.n_interior} interior + {args.n_boundary} boundary/initial points, "
+          f"MLP 2->[{args.width}]x{args.depth}->1 tanh, Adam lr {args.lr}; {args.steps} steps per variant; "
+          f"{args.clock} clock; device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}")
+    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "clock": args.clock, "steps": args.steps, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""``equation=custom``: equations written in YAML, parsed safely by sympy into torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, make_cfg
+from pinn_cli.derivatives import AutogradFields
+from pinn_cli.equations.custom import Custom
+from pinn_cli.errors import PinnConfigError
+from pinn_cli.problem import mse
+from pinn_cli.training import build, run_training
+
+MY_HEAT = """\
+# configs/equation/my_heat.yaml
+defaults: [custom]
+name: my_heat
+inputs: [x, t]
+outputs: [u]
+bounds: {x: [0, 1], t: [0, 1]}   # a box; `domain=...` may replace it (disk, polygon, ...)
+params: {alpha: 0.1}
+residual: "u_t - alpha*u_xx"
+conditions:
+  - {where: "t == 0", value: "sin(pi*x)"}
+  - {where: "x == 0", value: "0"}
+  - {where: "x == 1", expr: "u_x + u", value: "-pi*exp(-alpha*pi**2*t)"}
+exact: "exp(-alpha*pi**2*t)*sin(pi*x)"
+"""
+
+
+def user_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "configs"
+    (root / "equation").mkdir(parents=True)
+    for name, text in files.items():
+        (root / "equation" / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return root
+
+
+def searchpath(root: Path) -> str:
+    return f"hydra.searchpath=[file://{root}]"
+
+
+def exact_residuals(setup, seed=0) -> dict[str, float]:
+    eq, problem = setup.equation, setup.problem
+    problem.sample(np.random.default_rng(seed))
+    net = lambda x: eq.exact(x)
+    return {t.name: mse(t.residual(AutogradFields(net, t.x, eq.inputs, eq.outputs, t.normals))).item()
+            for t in problem.terms}
+
+
+def base(**kw):
+    spec = dict(inputs=["x", "t"], bounds={"x": [0, 1], "t": [0, 1]}, params={"alpha": 0.1},
+                residual="u_t - alpha*u_xx", exact="exp(-alpha*pi**2*t)*sin(pi*x)",
+                conditions=[{"where": "initial", "value": "sin(pi*x)"}])
+    spec.update(kw)
+    return Custom(**spec)
+
+
+def test_the_issue_example_from_a_user_directory(tmp_path):
+    root = user_dir(tmp_path, {"my_heat": MY_HEAT})
+    setup = build(make_cfg("equation=my_heat", searchpath(root), "device=cpu"))
+    eq = setup.equation
+    assert eq.name == "my_heat" and eq.terms == ["pde", "ic", "bc1", "bc2"]
+    res = exact_residuals(setup)
+    assert max(res.values()) < 1e-20, res
+    terms = {t.name: t for t in setup.problem.terms}
+    assert bool((terms["ic"].x[:, 1] == 0).all())
+    assert bool((terms["bc1"].x[:, 0] == 0).all()) and len(terms["bc1"].x) == 200
+    assert bool((terms["bc2"].x[:, 0] == 1).all()) and bool((terms["bc2"].normals[:, 0] == 1).all())
+
+
+def test_custom_alone_runs_the_example():
+    setup = build(make_cfg("equation=custom", "device=cpu"))
+    assert setup.equation.terms == ["pde", "ic", "bc1", "bc2"]
+    assert max(exact_residuals(setup).values()) < 1e-20
+
+
+def test_neumann_and_robin_along_the_normal_on_a_disk(tmp_path):
+    """u = e^{-2 alpha t}... no: u = exp(x) cos(y) is harmonic; on the unit circle u_n = x u_x + y u_y."""
+    root = user_dir(tmp_path, {"laplace_disk": """\
+        defaults:
+          - custom
+          - override /domain@_global_.domain: disk
+        name: laplace_disk
+        inputs: [x, y]
+        bounds: {x: [-1, 1], y: [-1, 1]}
+        residual: "u_xx + u_yy"
+        conditions:
+          - {where: "boundary and x > 0", expr: "u_n", value: "exp(x)*(x*cos(y) - y*sin(y))"}
+          - {where: "x <= 0", expr: "u_n + 2*u", value: "exp(x)*(x*cos(y) - y*sin(y) + 2*cos(y))", name: robin}
+        exact: "exp(x)*cos(y)"
+        """})
+    setup = build(make_cfg("equation=laplace_disk", searchpath(root), "device=cpu"))
+    assert setup.domain.shape.kind == "disk" and setup.equation.terms == ["pde", "bc1", "robin"]
+    res = exact_residuals(setup)
+    assert max(res.values()) < 1e-20, res
+    terms = {t.name: t for t in setup.problem.terms}
+    assert bool((terms["bc1"].x[:, 0] > 0).all()) and bool((terms["robin"].x[:, 0] <= 0).all())
+    # a wrong normal derivative is caught: u_n of u = exp(x)cos(y) is not exp(x)cos(y)
+    wrong = Custom(inputs=["x", "y"], bounds={"x": [-1, 1], "y": [-1, 1]}, residual="u_xx + u_yy",
+                   conditions=[{"where": "boundary", "expr": "u_n", "value": "exp(x)*cos(y)"}])
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    f = AutogradFields(lambda p: torch.exp(p[:, :1]) * torch.cos(p[:, 1:]), x, ("x", "y"), ("u",),
+                       torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    assert abs(wrong.conditions()[0].residual(f).item()) < 1e-12      # at (1, 0): u_n = u = e
+    f2 = AutogradFields(lambda p: torch.exp(p[:, :1]) * torch.cos(p[:, 1:]),
+                        torch.tensor([[0.0, 1.0]], dtype=torch.float64), ("x", "y"), ("u",),
+                        torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    assert abs(wrong.conditions()[0].residual(f2).item()) > 0.5        # at (0, 1): u_n = -sin 1, u = cos 1
+
+
+def test_a_system_with_two_outputs_and_point_conditions():
+    eq = Custom(inputs=["x"], outputs=["u", "v"], bounds={"x": [0, 3]}, residual=["u_x - v", "v_x + u"],
+                conditions=[{"at": {"x": [0]}, "value": "0"}, {"at": {"x": 0}, "output": "v", "value": "1"}],
+                exact={"u": "sin(x)", "v": "cos(x)"})
+    assert eq.outputs == ("u", "v") and eq.terms == ["pde", "pt1", "pt2"]
+    x = torch.linspace(0, 3, 7, dtype=torch.float64)[:, None]
+    f = AutogradFields(eq.exact, x, eq.inputs, eq.outputs)
+    res = eq.residual(f)
+    assert isinstance(res, tuple) and len(res) == 2 and max(float(r.detach().abs().max()) for r in res) < 1e-14
+    assert eq.conditions()[0].on == "points" and eq.conditions()[1].at == {"x": [0.0]}
+
+
+def test_no_exact_solution_gives_nan_metrics():
+    eq = base(exact=None)
+    assert not eq.has_exact and torch.isnan(eq.exact(torch.zeros(3, 2))).all()
+
+
+def test_a_wrong_exact_solution_is_caught_and_can_be_allowed():
+    with pytest.raises(PinnConfigError, match="equation.exact does not satisfy equation.residual"):
+        base(exact="exp(-pi**2*t)*sin(pi*x)")
+    assert base(exact="exp(-pi**2*t)*sin(pi*x)", check_exact=False).has_exact
+
+
+MALICIOUS = [
+    ("__import__('os').system('echo pwned')", "attribute access '.system'"),
+    ("__import__('os')", "unknown function '__import__'"),
+    ("u.__class__", "attribute access '.__class__'"),
+    ("eval('1')", "unknown function 'eval'"),
+    ("getattr(u, 'x')", "unknown function 'getattr'"),
+    ("u_t - alpha*u_xx + os", "unknown symbol 'os'"),
+    ("u[0]", "subscript"),
+    ("(lambda: 1)()", "lambda"),
+    ("u_t - 'alpha'", "the literal 'alpha'"),
+    ("[u for u in ()]", "ListComp"),
+    ("u_t - alpha*u_xx; import os", "cannot be parsed"),
+    ("sin(x, key=1)", "plain arguments"),
+    ("u_t - alpha*u_xx + _u", "unknown symbol '_u'"),
+]
+
+
+@pytest.mark.parametrize("text, why", MALICIOUS, ids=[m[0] for m in MALICIOUS])
+def test_malicious_or_bad_expressions_are_parse_errors(text, why, tmp_path):
+    marker = tmp_path / "pwned"
+    text = text.replace("echo pwned", f"touch {marker}")
+    with pytest.raises(PinnConfigError) as err:
+        base(residual=text)
+    msg = str(err.value)
+    assert msg.startswith("equation.residual: ") and why in msg and "\n" not in msg
+    assert repr(text) in msg or "cannot be parsed" in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key, spec, why", [
+    ("value", {"conditions": [{"where": "initial", "value": "sin(pi*y)"}]},
+     "equation.conditions[0].value: 'sin(pi*y)': unknown symbol 'y'"),
+    ("where", {"conditions": [{"where": "x === 1", "value": "0"}]}, "equation.conditions[0].where"),
+    ("where-time", {"conditions": [{"where": "t == 0.5", "value": "0"}]}, "must be at the initial time t == 0"),
+    ("u_n", {"conditions": [{"where": "t == 0", "expr": "u_n", "value": "0"}]}, "'u_n' (a normal derivative) needs boundary"),
+    ("key", {"conditions": [{"wher": "t == 0"}]}, "equation.conditions[0].wher is not known"),
+    ("exact", {"exact": "exp(-alpha*t)*sin(pi*z)"}, "equation.exact: 'exp(-alpha*t)*sin(pi*z)': unknown symbol 'z'"),
+    ("param", {"params": {"sin": 1.0}}, "'sin' is not a valid parameter name"),
+    ("bounds", {"bounds": {"x": [0, 1]}}, "equation.bounds lacks t"),
+    ("residual", {"residual": ""}, "equation.residual is empty"),
+    ("function-value", {"residual": "u_t - alpha*u_xx + log"}, "'log' is a function"),
+    ("output", {"conditions": [{"where": "initial", "output": "v", "value": "0"}]}, "output='v' is not an output"),
+    ("compare", {"residual": "u_t - alpha*u_xx + (x < 1)"}, "comparison is only allowed in a condition's 'where'"),
+])
+def test_errors_name_the_key_expression_and_symbol(key, spec, why):
+    with pytest.raises(PinnConfigError) as err:
+        base(**spec)
+    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_reports_a_bad_expression_in_one_line(tmp_path):
+    root = user_dir(tmp_path, {"evil": MY_HEAT.replace('"u_t - alpha*u_xx"', '"__import__(\'os\').getcwd()"')})
+    res = subprocess.run([sys.executable, "-m", "pinn_cli", "train", "-cd", str(root), "equation=evil",
+                          f"hydra.run.dir={tmp_path / 'run'}", "trainer.progress=false"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert "attribute access '.getcwd'" in lines[-1] and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_cli_trains_a_yaml_equation_from_a_config_dir(tmp_path):
+    root = user_dir(tmp_path, {"my_heat": MY_HEAT})
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "pinn_cli", "train", "-cd", str(root), "equation=my_heat",
+                          f"hydra.run.dir={run}", "trainer.steps=40", "optimizer.adam_steps=30",
+                          "sampler.n_interior=200", "trainer.progress=false", "device=cpu"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["equation"] == "my_heat" and metrics["rel_l2"] < 1.0
+
+
+@pytest.mark.slow
+def test_yaml_heat_trains_like_the_built_in_heat(tmp_path):
+    """The same equation, seed and settings: the YAML heat equation reaches the built-in one's error."""
+    root = user_dir(tmp_path, {"yaml_heat": """\
+        defaults: [custom]
+        name: yaml_heat
+        inputs: [x, t]
+        bounds: {x: [0, 1], t: [0, 1]}
+        params: {alpha: 0.05}
+        residual: "u_t - alpha*u_xx"
+        conditions:
+          - {where: "t == 0", value: "sin(pi*x)"}
+          - {where: boundary, value: "0"}
+        exact: "exp(-alpha*pi**2*t)*sin(pi*x)"
+        """})
+    short = ["device=cpu", "precision=float64", "trainer.steps=500", "optimizer.adam_steps=250",
+             "sampler.n_interior=400", "sampler.n_boundary=100", "sampler.n_initial=100", "network.width=20",
+             "trainer.eval_points=2000", "trainer.log_every=50", "trainer.eval_every=100", "seed=3"]
+    built_in = run_training(make_cfg("equation=heat", *short), tmp_path / "a")
+    yaml = run_training(make_cfg("equation=yaml_heat", searchpath(root), *short), tmp_path / "b")
+    assert built_in["rel_l2"] < 2e-2
+    ratio = yaml["rel_l2"] / built_in["rel_l2"]
+    assert 1 / 1.5 < ratio < 1.5, (yaml["rel_l2"], built_in["rel_l2"])

@@ -1,0 +1,122 @@
+"""Data-parallel training (torchrun, gloo on CPU): points sharded per rank, rank 0 writes, same result as one process."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_cfg
+
+from pinn_cli import checkpoint
+from pinn_cli.distributed import Context, Shards
+from pinn_cli.training import build
+
+# heat: interior, boundary and initial points; odd counts so the two shards differ in size; resampling
+# every 10 Adam steps and the Adam -> L-BFGS switch at step 30, so L-BFGS runs under DDP too.
+BASE = ["equation=heat", "device=cpu", "precision=float64", "trainer.steps=40", "optimizer.adam_steps=30",
+        "sampler.n_interior=65", "sampler.n_boundary=17", "sampler.n_initial=9", "sampler.resample_every=10",
+        "trainer.log_every=10", "trainer.eval_every=20", "trainer.checkpoint_every=20", "trainer.eval_points=400",
+        "network.width=8", "trainer.progress=false"]
+# Both runs minimise the same objective (the per-term factors make the rank-averaged loss the loss over
+# all points), so they differ only by floating-point summation order: measured ~1e-13 relative.
+RTOL = 1e-6
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PINN_DIST_BACKEND": "gloo"}
+
+
+def _history(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "history.csv")))
+
+
+def test_shards_partition_the_points_and_keep_the_loss():
+    """Each rank's slice is disjoint, together they are all points, and the factor-weighted mean of the
+    per-rank losses is the loss over all points (also for a term smaller than the world, which is not split)."""
+    cfg = make_cfg(*BASE, "sampler.n_initial=1")
+    setup = build(cfg)
+    import numpy as np
+
+    setup.problem.sample(np.random.default_rng(0))
+    full_loss, _ = setup.problem.loss()
+    full = {t.name: t.x.clone() for t in setup.problem.terms}
+    world, pieces, weighted = 3, {}, torch.zeros(())
+    for rank in range(world):
+        setup.problem.sample(np.random.default_rng(0))
+        shards = Shards(Context(world, rank), setup.problem)
+        shards.update()
+        for t in setup.problem.terms:
+            pieces.setdefault(t.name, []).append(t.x)
+        _, parts = setup.problem.loss()
+        weighted = weighted + sum(t.weight * f * p for t, f, p in zip(setup.problem.terms, shards.factors, parts))
+        assert torch.equal(shards.state()["pde"][0], full["pde"].cpu())
+    for name, x in full.items():
+        if len(x) >= world:
+            assert torch.equal(torch.cat(pieces[name]), x), name
+        else:
+            assert all(torch.equal(p, x) for p in pieces[name]), name
+    assert torch.allclose(weighted / world, full_loss.detach(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    ddp_cwd = tmp_path / "ddp"
+    ddp_cwd.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pinn_cli", "train", *BASE],
+        cwd=ddp_cwd, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [p.parent for p in ddp_cwd.glob("outputs/*/*/metrics.json")]
+    assert len(list(ddp_cwd.glob("outputs/*/*"))) == 1 and len(runs) == 1  # both ranks: one run directory
+    run = runs[0]
+    assert res.stdout.count("run dir:") == 1  # rank 0 alone prints the summary
+    log = (run / "train.log").read_text()
+    assert log.count("] - step 10 loss") == 1 and log.count("equation=heat") == 1  # rank 0 alone logs
+
+    from pinn_cli.training import run_training
+
+    single = tmp_path / "single"
+    run_training(make_cfg(*BASE), single)
+
+    m2, m1 = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
+    assert m2["steps"] == m1["steps"] == 40 and m2["status"] == "done"
+    assert m2["rel_l2"] == pytest.approx(m1["rel_l2"], rel=RTOL)
+    h2, h1 = _history(run), _history(single)
+    assert [r["step"] for r in h2] == [r["step"] for r in h1]
+    for a, b in zip(h2, h1):
+        for key in ("loss", "loss_pde", "loss_ic", "loss_bc"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=RTOL), (a["step"], key)
+    # checkpoints hold all points, not rank 0's half: they resume on any number of ranks
+    points = checkpoint.load(run / "checkpoints" / "last.pt")["points"]
+    assert points["pde"][0].shape[0] == 65 and points["bc"][0].shape[0] == 17
+
+
+@pytest.mark.slow
+def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
+    """`hydra.launcher.tasks_per_node=2` (here with submitit's local executor): the two tasks of the job join one
+    process group through submitit's environment and train together, as `srun` tasks do on SLURM."""
+    from pinn_cli.training import run_training
+
+    base = ["equation=ode_decay", "device=cpu", "trainer.steps=40", "optimizer.adam_steps=30",
+            "sampler.n_interior=33", "trainer.log_every=10", "trainer.eval_every=20", "trainer.eval_points=200",
+            "network.width=8", "trainer.progress=false"]
+    sweep = tmp_path / "sweep"
+    res = subprocess.run(
+        [sys.executable, "-m", "pinn_cli", "train", "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}", *base],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=_env(),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}
+    assert any("global_rank=1(2)" in t and "Job completed successfully" in t for t in logs.values()), logs
+    assert (sweep / "0" / "train.log").read_text().count("] - step 10 loss") == 1
+    ddp = json.loads((sweep / "0" / "metrics.json").read_text())
+    single = run_training(make_cfg(*base), tmp_path / "single")
+    assert ddp["steps"] == 40 and ddp["rel_l2"] == pytest.approx(single["rel_l2"], rel=RTOL)

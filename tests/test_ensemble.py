@@ -1,0 +1,210 @@
+"""Vectorised ensembles (``trainer.ensemble=N``): torch.func derivatives inside vmap, member i equal
+to a single run with seed + i, per-member coefficients, metrics, evaluate and resume."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_cfg
+from pinn_cli.derivatives import AutogradFields
+from pinn_cli.ensemble import BatchedLBFGS, Ensemble, FuncFields, run_ensemble, settings
+from pinn_cli.errors import PinnConfigError, PinnError
+from pinn_cli.networks import MLP
+from pinn_cli.training import build, run_training
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+SMALL = ["device=cpu", "precision=float64", "network.width=8", "sampler.n_interior=48", "sampler.n_boundary=16",
+         "sampler.n_initial=16", "trainer.eval_points=225", "trainer.log_every=5", "trainer.eval_every=10",
+         "trainer.checkpoint_every=10"]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+def test_func_fields_equal_autograd_fields(activation):
+    torch.manual_seed(0)
+    net = MLP(3, 2, 7, 2, activation).double()
+    x = torch.rand(20, 3, dtype=torch.float64)
+    names = ("x", "y", "t"), ("u", "v")
+    needs = {(0, (0,)), (0, (0, 0)), (1, (1, 2)), (1, (2,))}
+    ff, af = FuncFields(net, x, *names, needs), AutogradFields(net, x, *names)
+    for key in ["u", "v", "u_x", "v_t", "u_xx", "v_yt", "u_yy", "v_ty", "u_xy", "u_xxy", "v_ttt"]:
+        a, b = ff[key], af[key]
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), key
+    if activation == "identity":
+        assert torch.count_nonzero(ff["u_xx"]) == 0
+
+
+def single_loss(cfg, i):
+    """Member i's loss as a single run (seed + i, points drawn with that seed) computes it."""
+    from pinn_cli.ensemble import member_config
+
+    s = build(member_config(cfg, i))
+    s.problem.sample(np.random.default_rng(int(cfg.seed) + i))
+    s.problem.plan()
+    total, parts = s.problem.loss()
+    grads = torch.autograd.grad(total, list(s.net.parameters()), allow_unused=True, materialize_grads=True)
+    return total.detach(), torch.stack(parts).detach(), grads
+
+
+@pytest.mark.parametrize("equation, extra", [
+    ("heat", ["trainer.ensemble_param=equation.alpha", "trainer.ensemble_values=[0.02,0.05,0.1]"]),
+    ("poisson2d", ["derivatives=autograd"]),
+    ("ode_decay", []),
+])
+def test_vmapped_losses_and_gradients_equal_single_runs(equation, extra):
+    cfg = make_cfg(f"equation={equation}", "trainer.ensemble=3", "seed=4", *SMALL, *extra)
+    ens = Ensemble(cfg)
+    ens.sample([np.random.default_rng(4 + i) for i in range(3)])
+    ens.plan()
+    for chunk in (3, 2, 1):
+        ens.chunk = chunk
+        totals, parts = ens.losses()
+        grads = torch.autograd.grad(totals.sum(), list(ens.params.values()))
+        for i in range(3):
+            t, p, g = single_loss(cfg, i)
+            assert torch.allclose(totals[i], t, rtol=1e-10), (chunk, i)
+            assert torch.allclose(parts[i], p, rtol=1e-10), (chunk, i)
+            for a, b in zip(grads, g):
+                assert torch.allclose(a[i], b, rtol=1e-8, atol=1e-12), (chunk, i)
+    assert ens.chunk == 1 or ens.use_forward or "autograd" in extra[0]
+
+
+def test_settings_are_checked():
+    with pytest.raises(PinnConfigError, match="trainer.ensemble=0 is invalid"):
+        settings(make_cfg("trainer.ensemble=0"))
+    with pytest.raises(PinnConfigError, match="must be 2 numbers"):
+        settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_param=equation.alpha",
+                          "trainer.ensemble_values=[1,2,3]"))
+    with pytest.raises(PinnConfigError, match="not a coefficient of equation poisson2d"):
+        settings(make_cfg("equation=poisson2d", "trainer.ensemble=2", "trainer.ensemble_param=equation.alpha",
+                          "trainer.ensemble_values=[1,2]"))
+    with pytest.raises(PinnConfigError, match="ensemble_param is not"):
+        settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_values=[1,2]"))
+    with pytest.raises(PinnConfigError, match="needs trainer.ensemble_values"):
+        settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_param=equation.alpha"))
+    assert settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_param=equation.alpha",
+                             "trainer.ensemble_values=[1,2.5]")) == (2, "alpha", [1.0, 2.5])
+
+
+def test_batched_lbfgs_members_are_independent():
+    """A member's L-BFGS trajectory does not depend on the other members (nor on their count)."""
+    a = torch.tensor([[1.0, 10.0, 100.0], [2.0, 3.0, 50.0], [0.5, 0.5, 9.0]], dtype=torch.float64)
+
+    def make(rows):
+        x = torch.ones(len(rows), 3, dtype=torch.float64, requires_grad=True)
+        opt = BatchedLBFGS([x], len(rows), history_size=5)
+
+        def loss():
+            r = (a[rows] * (x - 0.3) ** 2).sum(1) + 0.1 * (x ** 4).sum(1)
+            return r, r[:, None]
+        return x, opt, loss
+
+    x3, o3, l3 = make([0, 1, 2])
+    x1, o1, l1 = make([1])
+    for _ in range(12):
+        o3.step(l3)
+        o1.step(l1)
+        assert torch.allclose(x3[1], x1[0], rtol=1e-12, atol=1e-14)
+    assert float(l3()[0].detach().max()) < 0.05
+
+
+@pytest.fixture(scope="module")
+def adam_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ens")
+    base = ["equation=heat", "optimizer=adam", "trainer.steps=20", "optimizer.lr=3e-3", "seed=7", *SMALL]
+    ens = run_ensemble(make_cfg(*base, "trainer.ensemble=3", "analysis.hessian_every=10"), root / "ens")
+    singles = [run_training(make_cfg(*base, f"seed={7 + i}"), root / f"single{i}") for i in range(3)]
+    return root, ens, singles
+
+
+def test_members_follow_their_single_runs(adam_runs):
+    root, ens, singles = adam_runs
+    rows = read_csv(root / "ens/history.csv")
+    for i in range(3):
+        single = read_csv(root / f"single{i}/history.csv")
+        np.testing.assert_allclose([float(r[f"loss_m{i}"]) for r in rows], [float(r["loss"]) for r in single],
+                                   rtol=1e-9)
+        assert ens["members"][i]["rel_l2"] == pytest.approx(singles[i]["rel_l2"], rel=1e-8)
+        assert ens["members"][i]["seed"] == 7 + i
+    assert ens["rel_l2"] == pytest.approx(np.mean([s["rel_l2"] for s in singles]), rel=1e-8)
+    assert ens["ensemble"]["std"]["rel_l2"] == pytest.approx(np.std([s["rel_l2"] for s in singles], ddof=1), rel=1e-6)
+    assert "mean_prediction" in ens["ensemble"]
+    tops = [float(r["hessian_top_m1"]) for r in rows if r["hessian_top_m1"]]
+    assert len(tops) == 2 and all(t > 0 for t in tops)  # analysis.hessian_every=10 with 20 steps
+
+
+def test_metrics_json_plots_and_evaluate(adam_runs):
+    from pinn_cli.commands import evaluate
+
+    root, _, _ = adam_runs
+    run = root / "ens"
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("rel_l2", "max_abs_error", "rmse", "steps", "wall_time_s", "n_params", "device", "final_loss",
+                "equation", "ensemble", "members"):
+        assert key in saved, key
+    assert len(saved["members"]) == 3 and saved["ensemble"]["members"] == 3
+    for name in ("solution.png", "loss_curve.png", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file()
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[:8] == ["step", "time_s", "loss", "loss_pde", "loss_ic", "loss_bc", "lr", "rel_l2"]
+    assert "loss_m2" in header and "rel_l2_m2" in header
+    evaluate.main([str(run), "--checkpoint", "last.pt"])
+    out = json.loads((run / "metrics.json").read_text())
+    assert out["evaluate"]["matches_training"] is True
+    assert [m["rel_l2"] for m in out["members"]] == [m["rel_l2"] for m in saved["members"]]
+
+
+def test_hessian_of_one_member(adam_runs):
+    from pinn_cli.commands import hessian
+
+    root, _, _ = adam_runs
+    hessian.main([str(root / "ens"), "hessian.member=1", "hessian.iters=15", "hessian.trace_samples=0",
+                  "hessian.slq_vectors=0", "hessian.terms=[]"])
+    out = json.loads((root / "ens/hessian.json").read_text())
+    single = root / "single1"
+    hessian.main([str(single), "hessian.iters=15", "hessian.trace_samples=0", "hessian.slq_vectors=0",
+                  "hessian.terms=[]", "--checkpoint", "last.pt"])
+    ref = json.loads((single / "hessian.json").read_text())
+    assert out["member"] == 1
+    np.testing.assert_allclose(out["results"]["total"]["top_eigenvalues"], ref["results"]["total"]["top_eigenvalues"],
+                               rtol=1e-6)
+    with pytest.raises(PinnConfigError, match="out of range"):
+        hessian.main([str(root / "ens"), "hessian.member=3"])
+
+
+def test_lbfgs_phase_and_preemption_resume(tmp_path, monkeypatch):
+    """adam then batched L-BFGS; SIGUSR1 mid-run saves last.pt and resume=auto ends where one run ends."""
+    from pinn_cli.optim import OptimizerSchedule
+
+    base = ["equation=ode_bvp", "trainer.ensemble=2", "trainer.steps=30", "optimizer.adam_steps=10",
+            "sampler.resample_every=4", *SMALL]
+    full = run_ensemble(make_cfg(*base), tmp_path / "full")
+    rows = read_csv(tmp_path / "full/history.csv")
+    assert full["status"] == "done" and float(rows[-1]["loss"]) < 0.5 * float(rows[1]["loss"])  # L-BFGS moves
+    real, calls = OptimizerSchedule.adam_step, []
+
+    def preempt(self, loss_fn):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(self, loss_fn)
+
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", preempt)
+    part = run_ensemble(make_cfg(*base), tmp_path / "part")
+    assert part["status"] == "preempted" and part["steps"] == 6
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", real)
+    done = run_ensemble(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
+    assert done["steps"] == 30
+    assert [m["rel_l2"] for m in done["members"]] == pytest.approx([m["rel_l2"] for m in full["members"]], rel=1e-9)
+    with pytest.raises(PinnError, match="not of this ensemble"):
+        run_ensemble(make_cfg(*base, "trainer.ensemble=3", f"trainer.resume={tmp_path / 'part/checkpoints/last.pt'}"),
+                     tmp_path / "other")

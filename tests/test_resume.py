@@ -1,0 +1,193 @@
+"""Preemption-safe training: SIGKILL never leaves a torn checkpoint, a preempted L-BFGS phase resumes bit for bit,
+and a submitit job preempted with its signal writes last.pt, is requeued and finishes from there."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_cfg
+
+from pinn_cli import checkpoint
+from pinn_cli.errors import PinnError
+from pinn_cli.training import run_training
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+_SLOW_WRITER = r"""
+import sys, torch
+from pathlib import Path
+from pinn_cli import checkpoint
+path = Path(sys.argv[1])
+checkpoint.save({"model": {}, "config": {}, "v": 1}, path)
+(path.parent / "first.done").touch()
+big = torch.zeros(int(sys.argv[2]), dtype=torch.float64)
+while True:  # keep rewriting a large checkpoint until killed
+    checkpoint.save({"model": {"w": big}, "config": {}, "v": 2}, path)
+"""
+
+
+def _wait_for(predicate, timeout: float = 60.0, every: float = 0.002, proc=None) -> bool:
+    """Poll ``predicate`` until true; False after ``timeout`` or once ``proc`` has exited without it."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(every)
+    return False
+
+
+def _size(paths) -> int:
+    """Largest size among ``paths`` (0 if none; a file renamed away meanwhile counts 0)."""
+    sizes = [0]
+    for p in paths:
+        try:
+            sizes.append(p.stat().st_size)
+        except FileNotFoundError:
+            pass
+    return max(sizes)
+
+
+def test_sigkill_while_writing_keeps_the_previous_checkpoint(tmp_path):
+    """Kill the writer with SIGKILL while a large checkpoint is half written: the file it replaces still loads."""
+    path = tmp_path / "last.pt"
+    for attempt in range(5):
+        for p in tmp_path.iterdir():
+            p.unlink()
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(path), str(8_000_000)], cwd=REPO, env=ENV)
+        try:
+            assert _wait_for(lambda: (tmp_path / "first.done").exists(), proc=proc)
+            assert _wait_for(lambda: _size(tmp_path.glob("last.pt.*.tmp")) > 1_000_000, proc=proc)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+        partial = [p for p in tmp_path.glob("last.pt.*.tmp")]
+        if partial and partial[0].stat().st_size < 8_000_000 * 8:
+            break  # killed in the middle of a write
+    else:
+        pytest.skip("could not kill the writer in the middle of a write")
+    state = checkpoint.load(path)  # the last complete checkpoint: v1, or a v2 that was fully written
+    assert state["v"] in (1, 2)
+    if state["v"] == 2:
+        assert state["model"]["w"].shape == (8_000_000,)
+    with pytest.raises(PinnError, match="corrupt or unreadable"):  # the torn file really is torn
+        checkpoint.load(partial[0])
+
+
+def test_sigkill_during_training_then_resume_auto(tmp_path):
+    """A run killed with SIGKILL (checkpoints every step) continues with trainer.resume=auto to the end."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "pinn_cli", "train", "equation=ode_decay", "device=cpu", "optimizer=adam",
+            "trainer.steps=120", "trainer.log_every=1", "trainer.eval_every=100", "trainer.checkpoint_every=1",
+            "sampler.n_interior=32", "network.width=8", "trainer.eval_points=100", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        last = run / "checkpoints" / "last.pt"
+        assert _wait_for(lambda: last.exists() and checkpoint.load(last)["step"] >= 10, every=0.02, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = checkpoint.load(run / "checkpoints" / "last.pt")["step"]
+    assert 10 <= killed_at < 120 and not (run / "metrics.json").exists()
+    res = subprocess.run([*args, "trainer.resume=auto", "trainer.checkpoint_every=100"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed from {run / 'checkpoints' / 'last.pt'}" in (run / "train.log").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 120 and metrics["status"] == "done"
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "history.csv"))]
+    assert steps == list(range(1, 121))  # no step lost or repeated in the history
+
+
+def test_preempted_during_lbfgs_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """SIGUSR1 in the L-BFGS phase (after the Adam -> L-BFGS switch, with resampling during Adam): the resumed
+    run ends with the same parameters and history.csv as an uninterrupted one."""
+    from pinn_cli.optim import OptimizerSchedule
+
+    base = ["equation=ode_decay", "optimizer.adam_steps=30", "sampler.n_interior=64", "sampler.resample_every=10",
+            "trainer.log_every=10", "trainer.eval_every=20", "trainer.checkpoint_every=20", "device=cpu",
+            "precision=float64", "trainer.eval_points=200", "trainer.steps=60", "network.width=16"]
+    full = run_training(make_cfg(*base), tmp_path / "full")
+    real, calls = OptimizerSchedule.lbfgs_steps, []
+
+    def preempt_in_second_chunk(self, loss_fn, n):
+        calls.append(n)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(self, loss_fn, n)
+
+    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", preempt_in_second_chunk)
+    part = run_training(make_cfg(*base), tmp_path / "part")
+    assert part["status"] == "preempted" and part["steps"] == 50 and part["stopped_by"] == "SIGUSR1"
+    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", real)
+    resumed = run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
+    assert resumed["steps"] == full["steps"] == 60
+    a = checkpoint.load(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = checkpoint.load(tmp_path / "part/checkpoints/last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
+    assert hist(tmp_path / "full") == hist(tmp_path / "part")
+    assert resumed["rel_l2"] == full["rel_l2"]
+
+
+def _submitit_pids(folder: Path) -> list[int]:
+    """Processes running submitit's job runner for ``folder`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmd and str(folder) in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job's process through /proc")
+def test_submitit_preemption_requeues_and_resumes(tmp_path):
+    """submitit's preemption signal (USR2) mid-run: pinn writes last.pt and hands over to submitit, which
+    requeues the job; the requeued job starts again with trainer.resume=auto and finishes from that step."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinn_cli", "train", "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", "trainer.resume=auto", "equation=ode_decay",
+         "device=cpu", "optimizer=adam", "trainer.steps=2000", "trainer.log_every=20", "trainer.eval_every=1000",
+         "trainer.checkpoint_every=1000", "sampler.n_interior=32", "network.width=8", "trainer.eval_points=100"],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        log = sweep / "0" / "train.log"
+        started = _wait_for(lambda: log.exists() and "] - step 40 " in log.read_text(), timeout=120, every=0.05,
+                            proc=proc)
+        assert started, (log.read_text() if log.exists() else "") + (proc.communicate()[0] if proc.poll() else "")
+        pids = _submitit_pids(sweep)
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGUSR2)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    text = log.read_text()
+    resumed = [ln for ln in text.splitlines() if "resumed from" in ln]
+    assert len(resumed) == 1 and str(sweep / "0" / "checkpoints" / "last.pt") in resumed[0]
+    at = int(resumed[0].rsplit("at step", 1)[1])
+    assert 40 <= at < 2000  # the step it was preempted at, not the last periodic checkpoint (step 0 or 1000)
+    submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in out + submitit_logs and "Job completed successfully" in submitit_logs
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["steps"] == 2000

@@ -1,0 +1,96 @@
+"""The speed benchmark runs end to end (tiny sizes); compile policy and fallback of the loss."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+from pinn_cli import speed
+from pinn_cli.errors import PinnConfigError
+from pinn_cli.speed import CompiledLoss, compile_setting
+
+
+def test_quick_bench_prints_a_parsable_json_line():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--quick", "--threads", "1", "heat"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = {r["variant"]: r for r in data["results"]}
+    assert {"nested autograd", "pinn autograd", "pinn forward"} <= set(rows)
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["rel_l2"] > 0
+    # same initial weights and points, same loss: the same network after the same steps
+    assert rows["pinn forward"]["rel_l2"] == pytest.approx(rows["nested autograd"]["rel_l2"], rel=1e-3)
+
+
+def _loss_setup():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+
+    def loss():
+        total = (w ** 2).sum()
+        return total, [total]
+
+    return w, loss
+
+
+def test_compile_failure_warns_once_and_stays_eager(monkeypatch, caplog):
+    w, loss = _loss_setup()
+    calls = []
+
+    def broken(fn, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    compiled = CompiledLoss(loss, [w], "true", 10, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="pinn"):
+        values = [compiled()[0].item() for _ in range(3)]
+    assert values == [5.0, 5.0, 5.0]
+    assert len(calls) == 1 and compiled.active is None
+    assert sum("torch.compile of the loss failed" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("calls_expected, compiles", [(50, False), (10**12, True)])
+def test_auto_compiles_only_when_the_run_is_long(monkeypatch, calls_expected, compiles):
+    w, loss = _loss_setup()
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    compiled = CompiledLoss(loss, [w], "auto", calls_expected, torch.device("cpu"))
+    for _ in range(speed.AUTO_WARMUP_CALLS + 3):
+        compiled()[0].backward()
+    assert (compiled.active is not None) == compiles
+    assert bool(seen) == compiles
+    if compiles:
+        assert seen[0]["mode"] is None  # CPU: default mode; CUDA would use reduce-overhead
+
+
+def test_compile_setting_values():
+    assert compile_setting(True) == "true" and compile_setting(False) == "false"
+    assert compile_setting("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(PinnConfigError, match="trainer.compile"):
+        compile_setting("sometimes")
+
+
+def test_tune_malloc_is_harmless():
+    assert speed.tune_malloc() in (True, False)
+
+
+def test_tf32_switch():
+    matmul = torch.backends.cuda.matmul
+
+    def on() -> bool:
+        return matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+
+    speed.set_tf32(True)
+    try:
+        assert on()
+    finally:
+        speed.set_tf32(False)
+    assert not on()
