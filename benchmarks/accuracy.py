@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -33,30 +34,47 @@ TARGETS = {
 MARK = "<!-- accuracy-table: produced by `make accuracy` (benchmarks/accuracy.py) -->"
 
 
-def run(equation: str, overrides: list[str]) -> dict:
+def run(equation: str, overrides: list[str], threads: int) -> dict:
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"equation={equation}", "trainer.progress=false", *overrides])
     with open_dict(cfg):
         cfg.pop("hydra", None)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         m = run_training(cfg, Path(tmp))
         m["total_s"] = time.perf_counter() - t0
     m["target"] = TARGETS.get(equation)
+    m["measured"] = f"{threads} thr, load {load:.1f}"
     m["config"] = f"{cfg.network.width}x{cfg.network.depth} {cfg.network.activation}, {cfg.optimizer.name}, " \
                   f"{cfg.sampler.n_interior} pts, {cfg.precision}"
     return m
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| equation | rel L2 | target | met | max abs error | steps | training time (s) | setup |",
-             "|---|---:|---:|:-:|---:|---:|---:|---|"]
-    for m in rows:
-        target = m["target"]
-        met = "" if target is None else ("yes" if m["rel_l2"] <= target else "**no**")
-        lines.append(f"| {m['equation']} | {m['rel_l2']:.2e} | {'' if target is None else f'{target:.0e}'} | {met} "
-                     f"| {m['max_abs_error']:.2e} | {m['steps']} | {m['wall_time_s']:.1f} | {m['config']} |")
-    return "\n".join(lines)
+HEADER = ["| equation | rel L2 | target | met | max abs error | steps | training time (s) | setup | measured |",
+          "|---|---:|---:|:-:|---:|---:|---:|---|---|"]
+
+
+def row(m: dict) -> str:
+    target = m["target"]
+    met = "" if target is None else ("yes" if m["rel_l2"] <= target else "**no**")
+    return (f"| {m['equation']} | {m['rel_l2']:.2e} | {'' if target is None else f'{target:.0e}'} | {met} "
+            f"| {m['max_abs_error']:.2e} | {m['steps']} | {m['wall_time_s']:.1f} | {m['config']} | {m['measured']} |")
+
+
+def table(rows: list[str]) -> str:
+    return "\n".join(HEADER + rows)
+
+
+def merged_rows(old_block: str, new: dict[str, str], order: list[str]) -> list[str]:
+    """README rows: the equations just run replace theirs; the others keep their earlier measurement."""
+    rows = {}
+    for line in old_block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == len(HEADER[0].strip("|").split("|")) and cells[0] in order:
+            rows[cells[0]] = line
+    rows.update(new)
+    return [rows[name] for name in order if name in rows]
 
 
 def main() -> None:
@@ -71,22 +89,26 @@ def main() -> None:
                                if p.stem != "custom"]
     rows = []
     for name in names:
-        m = run(name, args.override)
+        m = run(name, args.override, args.threads)
         rows.append(m)
         print(f"{name}: rel L2 {m['rel_l2']:.3e} in {m['wall_time_s']:.1f} s ({m['steps']} steps)", flush=True)
-    text = table(rows)
-    env = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    env = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    note = (f"_{env}; training time is the training loop (evaluation and checkpoints included); "
+            "measured: torch threads and the 1-minute load average when the run started._")
     print()
-    print(text)
-    print(f"\n_{env}; training time is the training loop (evaluation and checkpoints included)._")
+    print(table([row(m) for m in rows]))
+    print(f"\n{note}")
     if args.write_readme:
         readme = REPO / "README.md"
         body = readme.read_text()
         head, _, tail = body.partition(MARK)
-        rest = tail.split("\n<!-- end accuracy-table -->", 1)
-        after = rest[1] if len(rest) == 2 else tail
-        block = f"{MARK}\n{text}\n\n_{env}; training time is the training loop (evaluation and checkpoints included)._\n<!-- end accuracy-table -->"
-        readme.write_text(head + block + after)
+        old, sep, after = tail.partition("<!-- end accuracy-table -->")
+        if not sep:
+            old, after = "", tail
+        order = [p.stem for p in sorted((config_dir() / "equation").glob("*.yaml")) if p.stem != "custom"]
+        order = [n for n in TARGETS if n in order] + [n for n in order if n not in TARGETS]
+        text = table(merged_rows(old, {m["equation"]: row(m) for m in rows}, order))
+        readme.write_text(f"{head}{MARK}\n{text}\n\n{note}\n{sep or '<!-- end accuracy-table -->'}{after}")
     print(json.dumps({"accuracy": [{k: m[k] for k in ("equation", "rel_l2", "max_abs_error", "steps",
                                                        "wall_time_s", "target")} for m in rows]}))
 

@@ -76,6 +76,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("log_every", "eval_every", "checkpoint_every"):
         positive_int(t[key], f"trainer.{key}")
     positive_int(t.eval_points, "trainer.eval_points")
+    positive_int(t.get("causal_chunks", 0), "trainer.causal_chunks", allow_zero=True)
+    if t.get("causal_chunks", 0):
+        positive_float(t.get("causal_eps", 1.0), "trainer.causal_eps")
     positive_float(o.lr, "optimizer.lr")
     positive_int(o.get("adam_steps", 0), "optimizer.adam_steps", allow_zero=True)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):

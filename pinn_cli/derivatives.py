@@ -59,7 +59,8 @@ class Fields:
         self._cache: dict[Key, torch.Tensor] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        key = parse_name(name, self._inputs, self._outputs)
+        parse = parse_name.__wrapped__ if torch.compiler.is_compiling() else parse_name  # dynamo warns on caches
+        key = parse(name, self._inputs, self._outputs)
         if isinstance(key, int):
             return self._x[:, key]
         if key is None:

@@ -35,6 +35,7 @@ from torch.func import functional_call, jvp, stack_module_state, vjp, vmap
 from . import checkpoint, plots
 from .derivatives import Fields
 from .errors import PinnConfigError, PinnError
+from .networks import trainable
 from .metrics import _errors
 from .problem import mse
 
@@ -243,7 +244,7 @@ class Ensemble:
         self.device, self.dtype, self.equation = base.device, base.dtype, base.equation
         self.params, self.buffers = stack_module_state([s.net for s in self.setups])
         self.net = base.net
-        self.n_params = sum(p.numel() for p in base.net.parameters())
+        self.n_params = sum(p.numel() for p in trainable(base.net))
         self.coeffs = torch.tensor(self.values or [0.0] * self.n, dtype=self.dtype, device=self.device)
         self.term_names = [t.name for t in base.problem.terms]
         self.use_forward = True
@@ -649,6 +650,8 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
 
     if distributed.requested():
         raise PinnConfigError("trainer.ensemble runs in one process; launch it without torchrun/several tasks")
+    if cfg.trainer.get("causal_chunks"):
+        raise PinnConfigError("trainer.causal_chunks is not supported with trainer.ensemble > 1; use one or the other")
     ens = Ensemble(cfg)
     n = ens.n
     t_cfg = cfg.trainer
@@ -657,7 +660,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     ens.sample(rngs)
     ens.plan()
     ens.choose_chunk(t_cfg.get("ensemble_chunk", "auto"))
-    params = list(ens.params.values())
+    params = [p for p in ens.params.values() if p.requires_grad]
     schedule = OptimizerSchedule(cfg.optimizer, params, total)
     lb = cfg.optimizer.get("lbfgs", {}) or {}
     lbfgs = BatchedLBFGS(params, n, lr=float(lb.get("lr", 1.0)) if schedule.name != "lbfgs" else schedule.lr,
@@ -713,10 +716,9 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         last["totals"], last["parts"] = totals, parts
         return totals.sum(), parts
 
-    progress = _Progress(total, bool(t_cfg.progress))
+    progress = _Progress(total, bool(t_cfg.progress), step)
     status, stopped_by = "done", None
     t0 = time.perf_counter()
-    last_t, last_step = t0, step
     with _preemption_handler() as stop:
         try:
             while step < total:
@@ -759,13 +761,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
                             best = row["rel_l2"]
                             checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "best.pt")
                     history.append(row)
-                    speed = (step - last_step) / max(now - last_t, 1e-9)
-                    last_t, last_step = now, step
-                    progress.update(step, row["loss"], row["rel_l2"], speed)
-                    if not progress.enabled or row["rel_l2"] is not None:
-                        log.info("step %d mean loss %.4e%s lr %.2e %.0f it/s", step, row["loss"],
-                                 "" if row["rel_l2"] is None else f" mean rel_l2 {row['rel_l2']:.4e}",
-                                 row["lr"], speed)
+                    progress.report(row, "mean loss")
                     if step % t_cfg.checkpoint_every == 0 or is_last or stop.signal:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
                 if stop.signal:

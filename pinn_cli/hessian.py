@@ -343,7 +343,9 @@ def targets(problem, names: Sequence[str] | None = None, chunk: int = 0
 
 def top_eigenvalue(problem, iters: int = 20, tol: float = 1e-3, seed: int = 0) -> float:
     """Largest eigenvalue of the total-loss Hessian on the problem's current points (few Lanczos steps)."""
-    hvp = HVP(lambda: problem.loss()[0], list(problem.net.parameters()))
+    from .networks import trainable
+
+    hvp = HVP(lambda: problem.loss()[0], trainable(problem.net))
     try:
         res, _ = top_eigenvalues(hvp, hvp.n, 1, iters, tol, seed, hvp.device)
     finally:

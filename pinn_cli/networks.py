@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -127,8 +127,13 @@ def make_activation(name: str) -> Activation:
 class MLP(nn.Module):
     """Fully connected network: in_dim -> [width] * depth -> out_dim, Xavier-initialised.
 
-    ``layers`` holds the nn.Linear layers in order; ``act`` is applied after every layer but the last.
-    Inputs are affinely mapped from ``bounds`` to [-1, 1] by the fixed ``in_scale``/``in_shift`` buffers.
+    ``layers`` holds the nn.Linear layers in order; ``acts[k]`` is applied after ``layers[k]`` (every
+    layer but the last). Inputs are affinely mapped from ``bounds`` to [-1, 1] by the fixed
+    ``in_scale``/``in_shift`` buffers. With ``fourier_features=m > 0`` the scaled input first goes
+    through a fixed random Fourier embedding [sin(2 pi B x), cos(2 pi B x)], B ~ N(0, sigma^2) of
+    shape (m, in_dim): a frozen ``layers[0]`` (weights 2 pi [B; B], bias [0; pi/2]) with ``acts[0]``
+    = sin, so every derivative engine handles it as an ordinary layer. It lets the network represent
+    high frequencies that a plain MLP learns slowly (spectral bias; Tancik et al. 2020).
     """
 
     def __init__(
@@ -139,18 +144,37 @@ class MLP(nn.Module):
         depth: int = 3,
         activation: str = "tanh",
         bounds: list[tuple[float, float]] | None = None,
+        fourier_features: int = 0,
+        fourier_sigma: float | Sequence[float] = 1.0,
     ) -> None:
         super().__init__()
         for key, val in (("network.width", width), ("network.depth", depth)):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise PinnConfigError(f"{key}={val!r} is invalid; it must be a positive integer")
+        if not isinstance(fourier_features, int) or isinstance(fourier_features, bool) or fourier_features < 0:
+            raise PinnConfigError(
+                f"network.fourier_features={fourier_features!r} is invalid; it must be 0 (off) or a positive integer"
+            )
+        sigma = _per_input(fourier_sigma, in_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.act = make_activation(activation)
         sizes = [in_dim] + [width] * depth + [out_dim]
+        acts: list[Activation] = [self.act] * depth
+        if fourier_features:
+            sizes.insert(1, 2 * fourier_features)
+            acts.insert(0, Sin())
+        self.acts = acts  # a plain list: the activations have no parameters, state_dict stays as it was
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         for layer in self.layers:
             nn.init.xavier_normal_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if fourier_features:
+            emb = self.layers[0]
+            b = torch.randn(fourier_features, in_dim) * torch.tensor(sigma)
+            with torch.no_grad():
+                emb.weight.copy_(2 * math.pi * torch.cat([b, b]))
+                emb.bias.copy_(torch.cat([torch.zeros(fourier_features), torch.full((fourier_features,), math.pi / 2)]))
+            emb.requires_grad_(False)
         lo = torch.tensor([b[0] for b in bounds] if bounds else [-1.0] * in_dim)
         hi = torch.tensor([b[1] for b in bounds] if bounds else [1.0] * in_dim)
         self.register_buffer("in_scale", 2.0 / (hi - lo))
@@ -158,9 +182,30 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x * self.in_scale + self.in_shift
-        for layer in self.layers[:-1]:
-            h = self.act(layer(h))
+        for layer, act in zip(self.layers[:-1], self.acts):
+            h = act(layer(h))
         return self.layers[-1](h)
+
+
+def trainable(net: nn.Module) -> list[torch.Tensor]:
+    """The parameters an optimizer updates (a Fourier embedding's fixed weights excluded)."""
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _per_input(sigma, in_dim: int) -> list[float]:
+    """``network.fourier_sigma`` as one positive scale per input (a number applies to all inputs)."""
+    values = list(sigma) if isinstance(sigma, Sequence) and not isinstance(sigma, str) else [sigma]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) == 1:
+        values = values * in_dim
+    if len(values) != in_dim or not all(v > 0 and math.isfinite(v) for v in values):
+        raise PinnConfigError(
+            f"network.fourier_sigma={sigma!r} is invalid; give a positive number or a list of {in_dim} (one per input)"
+        )
+    return values
 
 
 def build_network(cfg, in_dim: int, out_dim: int, bounds=None) -> nn.Module:
@@ -168,4 +213,5 @@ def build_network(cfg, in_dim: int, out_dim: int, bounds=None) -> nn.Module:
     name = cfg.get("name", "mlp")
     if name != "mlp":
         raise PinnConfigError(f"network={name!r} is not known; choose from: mlp")
-    return MLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds)
+    return MLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds,
+               fourier_features=cfg.get("fourier_features", 0), fourier_sigma=cfg.get("fourier_sigma", 1.0))

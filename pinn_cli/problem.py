@@ -22,6 +22,7 @@ from .derivatives import (
 from .domains import Box, PointSet
 from .equations.base import Equation
 from .errors import PinnConfigError
+from .networks import trainable
 from .speed import CompiledLoss, compile_setting
 from .taylor import taylor_channels
 
@@ -61,6 +62,35 @@ def mse(residual) -> torch.Tensor:
     return sum(r.square().mean() for r in residual)
 
 
+@dataclass
+class Causal:
+    """Causal weighting of the PDE residual (Wang, Sankaran & Perdikaris 2022): the time interval is cut
+    into ``chunks``; chunk i's mean residual L_i counts with weight exp(-eps * sum of L_k for k < i), so
+    later times are fitted only once earlier ones are. Weights are constants to the optimizer."""
+
+    chunks: int
+    eps: float
+    col: int  # the time input's column
+    t0: float
+    t1: float
+    ids: torch.Tensor | None = None  # chunk of each PDE point
+    counts: torch.Tensor | None = None
+    frozen: torch.Tensor | None = None  # weights held fixed (L-BFGS blocks), else recomputed each loss
+    last: torch.Tensor | None = None  # the weights of the last loss evaluation
+
+    def assign(self, x: torch.Tensor) -> None:
+        frac = (x[:, self.col] - self.t0) / (self.t1 - self.t0)
+        self.ids = (frac * self.chunks).long().clamp_(0, self.chunks - 1)
+        self.counts = torch.bincount(self.ids, minlength=self.chunks).clamp_(min=1).to(x.dtype)
+
+    def chunk_losses(self, sq: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.chunks, dtype=sq.dtype, device=sq.device).index_add_(0, self.ids, sq) / self.counts
+
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+        losses = losses.detach()
+        return torch.exp(-self.eps * (torch.cumsum(losses, 0) - losses))
+
+
 class Problem:
     """Holds the training points for each loss term and computes the weighted PINN loss."""
 
@@ -71,6 +101,7 @@ class Problem:
         self.device, self.dtype = device, dtype
         self._passes: list[_Pass] = []  # forward-engine passes, set by plan()
         self._compiled: CompiledLoss | None = None  # set by configure()
+        self.causal: Causal | None = None  # set by set_causal()
         self.terms = [Term("pde", equation.residual, equation.weights["pde"], "interior")]
         for cond in equation.conditions():
             at = None
@@ -98,6 +129,34 @@ class Problem:
             ps = self._draw(term, rng)
             term.x = torch.as_tensor(ps.x, device=self.device, dtype=self.dtype)
             term.normals = None if ps.normals is None else torch.as_tensor(ps.normals, device=self.device, dtype=self.dtype)
+        if self.causal is not None:
+            self.causal.assign(self.terms[0].x)
+
+    def set_causal(self, chunks: int, eps: float) -> None:
+        """Weight the PDE residual causally in time (see :class:`Causal`); ``chunks=0`` turns it off."""
+        if not chunks:
+            self.causal = None
+            return
+        eq = self.equation
+        if eq.time is None:
+            raise PinnConfigError(
+                f"trainer.causal_chunks={chunks}: equation {eq.name} has no time input; causal weighting needs one"
+            )
+        col = eq.inputs.index(eq.time)
+        t0, t1 = self.domain.bounds[col]
+        self.causal = Causal(int(chunks), float(eps), col, float(t0), float(t1))
+        if self.terms[0].x is not None:
+            self.causal.assign(self.terms[0].x)
+
+    def freeze_causal(self) -> None:
+        """Hold the causal weights at their value for the current parameters (one forward pass), so a
+        block of L-BFGS iterations (line searches included) minimises one fixed objective."""
+        if self.causal is None:
+            return
+        self.causal.frozen = None
+        with torch.no_grad():
+            self._loss()
+        self.causal.frozen = self.causal.last
 
     def plan(self) -> None:
         """Find which derivatives each term uses (one probe on a few points), pick its engine, and
@@ -152,13 +211,14 @@ class Problem:
         differentiates the loss's gradient (Hessian analysis), which compiled code cannot: stay eager."""
         setting = compile_setting(trainer_compile)
         nested = any(t.engine == "autograd" and t.needs for t in self.terms)
-        if (double_backward or nested) and setting != "false":
+        if (double_backward or nested or self.causal) and setting != "false":
             if setting != "auto":
                 why = "Hessian analysis differentiates the loss twice" if double_backward else \
-                    "nested autograd derivatives need double backward, which torch.compile lacks"
+                    "nested autograd derivatives need double backward, which torch.compile lacks" if nested else \
+                    "causal weighting (trainer.causal_chunks) updates its weights between calls"
                 log.warning("trainer.compile=%s: %s; training continues in eager mode", setting, why)
             setting = "false"
-        self._compiled = CompiledLoss(self._loss, list(self.net.parameters()), setting, calls_expected, self.device)
+        self._compiled = CompiledLoss(self._loss, trainable(self.net), setting, calls_expected, self.device)
 
     @property
     def compiled(self) -> bool:
@@ -190,12 +250,26 @@ class Problem:
                     cache = plan.unpack(value, d1, combos, n)
                 else:
                     cache = {(k, ()): value[start:start + m, k] for k in range(value.shape[1])}
-                parts[i] = mse(t.residual(ForwardFields.from_cache(t.x, eq.inputs, eq.outputs, cache, t.normals)))
+                parts[i] = self._reduce(i, t.residual(ForwardFields.from_cache(t.x, eq.inputs, eq.outputs, cache, t.normals)))
                 start += m
         for i, t in enumerate(terms):
             if parts[i] is None:
-                parts[i] = mse(t.residual(self.engine.fields(t.x, t.needs, t.normals, t.engine)))
-        return sum(t.weight * q for t, q in zip(terms, parts)), parts
+                parts[i] = self._reduce(i, t.residual(self.engine.fields(t.x, t.needs, t.normals, t.engine)))
+        total = sum(t.weight * (q[0] if isinstance(q, tuple) else q) for t, q in zip(terms, parts))
+        return total, [q[1] if isinstance(q, tuple) else q for q in parts]
+
+    def _reduce(self, i: int, residual) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """A term's mean-square residual; for the causally weighted PDE term, (weighted loss, plain MSE)."""
+        if i or self.causal is None:
+            return mse(residual)
+        c = self.causal
+        n = len(self.terms[0].x)
+        rs = (residual,) if isinstance(residual, torch.Tensor) else residual
+        sq = sum(r.square().reshape(n, -1).mean(1) for r in rs)
+        losses = c.chunk_losses(sq)
+        w = c.frozen if c.frozen is not None else c.weights(losses)
+        c.last = w
+        return (w * losses).mean(), sq.mean()
 
     def state(self) -> dict:
         return {t.name: (t.x.cpu(), None if t.normals is None else t.normals.cpu()) for t in self.terms}
@@ -205,3 +279,5 @@ class Problem:
             x, n = state[t.name]
             t.x = x.to(self.device, self.dtype)
             t.normals = None if n is None else n.to(self.device, self.dtype)
+        if self.causal is not None:
+            self.causal.assign(self.terms[0].x)

@@ -147,13 +147,13 @@ def _pair_product(quad: tuple[tuple[float, int, int], ...], zd: Sequence[Tensor]
 
 def _traced(net: MLP, plan: Plan, x: Tensor, n: int) -> tuple[Tensor, list[Tensor]]:
     """Per-channel propagation with ordinary differentiable ops: value (M, out), [dirs..., combos...]."""
-    layers, act = net.layers, net.act
+    layers = net.layers
     z = torch.nn.functional.linear(x * net.in_scale + net.in_shift, layers[0].weight, layers[0].bias)
     nd = len(plan.dirs)
     ch = list(_layer0_channels(net, _seeds(plan, x)))
     if len(layers) == 1:
         return z, [g.expand(n, -1) for g in ch]
-    for layer in layers[1:]:
+    for layer, act in zip(layers[1:], net.acts):
         h, s1, s2 = act.derivs(z)
         a1, a2 = s1[:n], s2[:n]
         zd = ch[:nd]
@@ -291,8 +291,8 @@ class _FusedTaylor(torch.autograd.Function):
             z = torch.addmm(biases[0], xs[a:b], weights[0].t())
             zc = ch0 if deriv and nch else None
             layers = []
-            for w, bias in zip(weights[1:], biases[1:]):
-                blk = _act_forward(net.act, plan, z, zc)
+            for w, bias, act in zip(weights[1:], biases[1:], net.acts):
+                blk = _act_forward(act, plan, z, zc)
                 layers.append(blk)
                 wt = w.t()
                 z = torch.addmm(bias, blk.s, wt)
@@ -322,7 +322,7 @@ class _FusedTaylor(torch.autograd.Function):
         gb = [torch.zeros_like(b) for b in params[1::2]]
         m, nch = x.shape[0], seeds.shape[0]
         xs = torch.addcmul(net.in_shift, x, net.in_scale)
-        grad_ch = grad[m:].view(nch, n, -1)
+        grad_ch = grad[m:].view(nch, n, grad.shape[1])
         dch0 = x.new_zeros(nch, weights[0].shape[0])  # d loss / d layer-0 channel pre-activations
         for a, b, layers in ctx.blocks:
             g = grad[a:b]
@@ -335,7 +335,7 @@ class _FusedTaylor(torch.autograd.Function):
                     gc = gc.reshape(-1, gc.shape[-1])
                     gw[k].addmm_(gc.t(), blk.hc.view(gc.shape[0], -1))
                     gc = gc.mm(weights[k]).view(blk.hc.shape)
-                g, gc = _act_backward(net.act, plan, blk, g.mm(weights[k]), gc)
+                g, gc = _act_backward(net.acts[k - 1], plan, blk, g.mm(weights[k]), gc)
             gw[0].addmm_(g.t(), xs[a:b])
             gb[0] += g.sum(0)
             if gc is not None:

@@ -24,7 +24,7 @@ from .domains import Box, build_domain
 from .equations.base import Equation
 from .errors import PinnConfigError, PinnError
 from .metrics import Evaluator
-from .networks import build_network
+from .networks import build_network, trainable
 from .optim import OptimizerSchedule
 from .problem import Problem
 from .speed import set_tf32, tune_malloc
@@ -121,9 +121,10 @@ def _preemption_handler():
 class _Progress:
     """A rich progress bar on a terminal; plain log lines otherwise."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, step: int = 0) -> None:
         self.enabled = enabled and sys.stdout.isatty()
         self.bar = None
+        self.last = (time.perf_counter(), step)
         if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -141,6 +142,17 @@ class _Progress:
             if rel is not None:
                 fields["rel"] = f"{rel:.3e}"
             self.bar.update(self.task, completed=step, **fields)
+
+    def report(self, row: dict, what: str = "loss") -> None:
+        """Show a history row: the bar on a terminal, else a log line (always one when rel L2 was measured)."""
+        now, step = time.perf_counter(), row["step"]
+        speed = (step - self.last[1]) / max(now - self.last[0], 1e-9)
+        self.last = (now, step)
+        self.update(step, row["loss"], row["rel_l2"], speed)
+        if not self.enabled or row["rel_l2"] is not None:
+            rel = "" if row["rel_l2"] is None else f" {what.replace('loss', 'rel_l2')} {row['rel_l2']:.4e}"
+            causal = "" if row.get("causal_w_min") is None else f" causal_w_min {row['causal_w_min']:.2e}"
+            log.info("step %d %s %.4e%s lr %.2e%s %.0f it/s", step, what, row["loss"], rel, row["lr"], causal, speed)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -180,15 +192,21 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     rng = np.random.default_rng(cfg.seed)
     problem.sample(rng)
     problem.plan()
+    causal = int(t_cfg.get("causal_chunks", 0) or 0)
+    if causal and ctx.distributed:
+        raise PinnConfigError("trainer.causal_chunks runs in one process; launch it without torchrun/several tasks")
+    problem.set_causal(causal, float(t_cfg.get("causal_eps", 1.0)))
     tune_malloc()
     set_tf32(bool(t_cfg.get("tf32", False)))
     hessian = bool(cfg.get("analysis") and cfg.analysis.get("hessian_every"))
     problem.configure(t_cfg.get("compile", "auto"), calls_expected=total, double_backward=hessian)
     shards = distributed.Shards(ctx, problem)  # several ranks: each trains on its slice of the points
     shards.update()
-    schedule = OptimizerSchedule(cfg.optimizer, list(net.parameters()), total)
+    schedule = OptimizerSchedule(cfg.optimizer, trainable(net), total)
     term_names = [t.name for t in problem.terms]
     columns = ["step", "time_s", "loss", *[f"loss_{n}" for n in term_names], "lr", "rel_l2"]
+    if problem.causal is not None:
+        columns.append("causal_w_min")  # weight of the last time chunk: 1 once every earlier one is fitted
     ckpt_dir = run_dir / "checkpoints"
     config_dict = OmegaConf.to_container(cfg, resolve=True)
 
@@ -220,15 +238,14 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
 
     log.info(
         "equation=%s inputs=%s network=%s params=%d device=%s precision=%s engines=%s",
-        equation.name, ",".join(equation.inputs), cfg.network.name, sum(p.numel() for p in net.parameters()),
+        equation.name, ",".join(equation.inputs), cfg.network.name, sum(p.numel() for p in trainable(net)),
         setup.device, cfg.precision, ",".join(f"{t.name}:{t.engine}" for t in problem.terms),
     )
-    progress = _Progress(total, bool(t_cfg.progress) and ctx.is_main)
+    progress = _Progress(total, bool(t_cfg.progress) and ctx.is_main, step)
     loss_fn = distributed.loss_function(problem, shards, setup.device)
     stopped_by = None
     status = "done"
     t0 = time.perf_counter()
-    last_log_t, last_log_step = t0, step
     with _preemption_handler() as stop:
         try:
             while step < total:
@@ -241,6 +258,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     step += 1
                 else:
                     chunk = min(t_cfg.log_every - step % t_cfg.log_every, total - step)
+                    problem.freeze_causal()
                     done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk)
                     if done == 0:
                         log.info("L-BFGS converged at step %d; stopping", step)
@@ -257,6 +275,8 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     row = {"step": step, "time_s": round(elapsed_before + now - t0, 4), "loss": lossv,
                            "lr": schedule.current_lr(max(step - 1, 0)), "rel_l2": None}
                     row.update({f"loss_{n}": p.item() for n, p in zip(term_names, parts)})
+                    if problem.causal is not None:
+                        row["causal_w_min"] = problem.causal.last[-1].item()
                     if cfg.get("analysis") and cfg.analysis.get("hessian_every"):  # top Hessian eigenvalue
                         from .hessian import log_top_eigenvalue
 
@@ -268,13 +288,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                             best = m["rel_l2"]
                             checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "best.pt")
                     history.append(row)
-                    speed = (step - last_log_step) / max(now - last_log_t, 1e-9)
-                    last_log_t, last_log_step = now, step
-                    progress.update(step, lossv, row["rel_l2"], speed)
-                    if not progress.enabled or row["rel_l2"] is not None:
-                        log.info("step %d loss %.4e%s lr %.2e %.0f it/s", step, lossv,
-                                 "" if row["rel_l2"] is None else f" rel_l2 {row['rel_l2']:.4e}",
-                                 row["lr"], speed)
+                    progress.report(row)
                     if (step % t_cfg.checkpoint_every == 0 or is_last or signalled) and ctx.is_main:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
                 if signalled:
@@ -303,7 +317,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     final_loss = history[-1]["loss"] if history else float(problem.loss()[0].item())
     metrics.update({
-        "steps": step, "wall_time_s": round(wall, 3), "n_params": sum(p.numel() for p in net.parameters()),
+        "steps": step, "wall_time_s": round(wall, 3), "n_params": sum(p.numel() for p in trainable(net)),
         "device": str(setup.device), "final_loss": final_loss, "equation": equation.name,
         "precision": cfg.precision, "status": status,
     })
@@ -328,8 +342,9 @@ def _check_compatible(state: dict, config: dict, path: Path) -> None:
         raise PinnError(
             f"checkpoint {path} is for equation {state.get('equation')}, not {config['equation'].get('name')}"
         )
-    for key in ("name", "width", "depth", "activation"):
-        if old["network"].get(key) != config["network"].get(key):
+    defaults = {"fourier_features": 0, "fourier_sigma": 1.0}
+    for key in ("name", "width", "depth", "activation", "fourier_features", "fourier_sigma"):
+        if old["network"].get(key, defaults.get(key)) != config["network"].get(key, defaults.get(key)):
             raise PinnError(
                 f"checkpoint {path} has network.{key}={old['network'].get(key)}, this run has {config['network'].get(key)}"
             )

@@ -142,6 +142,7 @@ def evaluate_single(cfg, state: dict, run_dir: Path, resolution: int | None) -> 
     """Metrics of a single-network checkpoint on the evaluation grid; redraws the plots."""
     from .. import plots
     from ..metrics import Evaluator
+    from ..networks import trainable
     from ..training import build
 
     setup = build(cfg)
@@ -163,7 +164,7 @@ def evaluate_single(cfg, state: dict, run_dir: Path, resolution: int | None) -> 
     history = read_history(run_dir, state)
     if history:
         plots.plot_loss(history, [t.name for t in setup.problem.terms], run_dir / "loss_curve.png")
-    base = {"equation": eq.name, "n_params": sum(p.numel() for p in setup.net.parameters()),
+    base = {"equation": eq.name, "n_params": sum(p.numel() for p in trainable(setup.net)),
             "device": str(setup.device), "precision": cfg.precision}
     return {**base, **metrics}, len(ev.x)
 

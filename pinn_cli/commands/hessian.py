@@ -72,6 +72,7 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
     import numpy as np
 
     from .. import hessian as hs
+    from ..networks import trainable
     from ..training import build
 
     o = _options(opts)
@@ -98,7 +99,7 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
         problem.sample(np.random.default_rng(cfg.seed))
     problem.plan()
     counts = hs.subsample(problem, o["points"], o["seed"])
-    params = [p for p in setup.net.parameters() if p.requires_grad]
+    params = trainable(setup.net)
     n = sum(p.numel() for p in params)
 
     results, t_all = {}, time.perf_counter()
