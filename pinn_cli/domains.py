@@ -463,6 +463,8 @@ def build_domain(cfg, equation) -> Domain:
     space = [i for i in equation.inputs if i != equation.time]
     bounds = dict(equation.bounds)
     for key, val in (cfg.get("bounds") or {}).items():
+        if val is None:  # the config lists x, y, z, t as null so that domain.bounds.t=[0,2] needs no '+'
+            continue
         if key not in equation.inputs:
             raise PinnConfigError(f"domain.bounds.{key} is not an input of {equation.name}; inputs: {', '.join(equation.inputs)}")
         bounds[key] = _pair(val, f"domain.bounds.{key}")

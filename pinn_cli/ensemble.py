@@ -61,19 +61,15 @@ def settings(cfg: DictConfig) -> tuple[int, str | None, list[float] | None]:
                                   "(e.g. trainer.ensemble_param=equation.alpha)")
         return n, None, None
     name = str(param)
-    if not name.startswith("equation.") or name.count(".") != 1:
-        raise PinnConfigError(f"trainer.ensemble_param={name!r} is invalid; it must be an equation "
-                              "coefficient such as equation.alpha")
-    key = name.split(".", 1)[1]
-    from hydra.utils import get_class
+    from .training import build_equation
 
-    try:
-        accepted = dict(get_class(cfg.equation._target_).params)
-    except Exception:
-        accepted = {}
-    if key not in accepted:
-        raise PinnConfigError(f"trainer.ensemble_param={name} is not a coefficient of equation "
+    eq = build_equation(cfg.equation)
+    accepted = [f"equation.{k}" for k in type(eq).params]
+    accepted += [f"equation.params.{k}" for k in getattr(eq, "values", {})]  # an equation written in YAML
+    if name not in accepted:
+        raise PinnConfigError(f"trainer.ensemble_param={name!r} is not a coefficient of equation "
                               f"{cfg.equation.get('name')}; its coefficients: {', '.join(accepted) or 'none'}")
+    key = name.split(".", 1)[1]
     if values is None:
         raise PinnConfigError(f"trainer.ensemble_param={name} needs trainer.ensemble_values=[v1,...,v{n}]")
     values = list(OmegaConf.to_container(values)) if not isinstance(values, (list, tuple)) else list(values)
@@ -93,7 +89,7 @@ def member_config(cfg: DictConfig, i: int) -> DictConfig:
         out.trainer.ensemble_param = None
         out.trainer.ensemble_values = None
         if key is not None:
-            out.equation[key] = values[i]
+            OmegaConf.update(out, f"equation.{key}", values[i], merge=False)
     return out
 
 
@@ -186,12 +182,17 @@ def coefficient(equation, key: str | None, value):
     if key is None:
         yield
         return
-    old = getattr(equation, key)
-    setattr(equation, key, value)
+    if key.startswith("params."):  # a YAML equation looks its parameters up in ``values`` at call time
+        store, name = equation.values, key.split(".", 1)[1]
+        get, put = (lambda: store[name]), (lambda v: store.__setitem__(name, v))
+    else:
+        get, put = (lambda: getattr(equation, key)), (lambda v: setattr(equation, key, v))
+    old = get()
+    put(value)
     try:
         yield
     finally:
-        setattr(equation, key, old)
+        put(old)
 
 
 class _Member(nn.Module):

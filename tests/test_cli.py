@@ -81,6 +81,8 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
         ("network.activation=relu", "network.activation='relu' is not known; choose from: tanh, sin"),
         ("precision=float16", "precision='float16' is not known; choose from: float32, float64"),
         ("derivatives=magic", "derivatives='magic' is not known"),
+        ("network.fourier_sigma=-1 network.fourier_features=8", "network.fourier_sigma=-1 is invalid"),
+        ("trainer.causal_chunks=4 equation=poisson2d", "trainer.causal_chunks=4: equation poisson2d has no time input"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
@@ -89,7 +91,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
 
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
-    res = pinn("train", f"hydra.run.dir={tmp_path / 'run'}", *FAST, override)
+    res = pinn("train", f"hydra.run.dir={tmp_path / 'run'}", *FAST, *override.split())
     assert res.returncode != 0
     assert "Traceback" not in res.stderr + res.stdout
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -187,18 +187,20 @@ def test_two_dimensional_equations_run_on_other_domains(domain, kind):
 
 def test_domain_options_from_the_command_line():
     setup = build(make_cfg("equation=heat2d", "domain.center=[0.5,0]", "domain.radius=0.5",
-                           "+domain.bounds.t=[0,2]", "device=cpu"))
+                           "domain.bounds.t=[0,2]", "device=cpu"))
     assert setup.domain.describe() == "disk center (0.5, 0) radius 0.5 x t in [0, 2]"
     setup = build(make_cfg("equation=poisson2d", "domain=polygon",
                            "domain.vertices=[[0,0],[1,0],[0,1]]", "device=cpu"))
     assert abs(setup.domain.shape.area - 0.5) < 1e-12
+    setup = build(make_cfg("equation=poisson_nd", "equation.dim=2", "+domain.bounds.x1=[0,2]", "device=cpu"))
+    assert setup.domain.bounds == [(0.0, 2.0), (0.0, 1.0)]
 
 
 def test_domain_that_does_not_fit_names_those_that_do():
     with pytest.raises(PinnConfigError, match=r"domain=disk does not fit equation heat .* interval_time"):
         build(make_cfg("equation=heat", "domain=disk", "device=cpu"))
     with pytest.raises(PinnConfigError, match=r"domain.bounds.z is not an input"):
-        build(make_cfg("equation=heat", "+domain.bounds.z=[0,1]", "device=cpu"))
+        build(make_cfg("equation=heat", "domain.bounds.z=[0,1]", "device=cpu"))
 
 
 def test_build_domain_default_l_shape():

@@ -59,6 +59,7 @@ def single_loss(cfg, i):
     ("heat", ["trainer.ensemble_param=equation.alpha", "trainer.ensemble_values=[0.02,0.05,0.1]"]),
     ("poisson2d", ["derivatives=autograd"]),
     ("ode_decay", []),
+    ("custom", ["trainer.ensemble_param=equation.params.alpha", "trainer.ensemble_values=[0.05,0.1,0.2]"]),
 ])
 def test_vmapped_losses_and_gradients_equal_single_runs(equation, extra):
     cfg = make_cfg(f"equation={equation}", "trainer.ensemble=3", "seed=4", *SMALL, *extra)
@@ -93,6 +94,11 @@ def test_settings_are_checked():
         settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_param=equation.alpha"))
     assert settings(make_cfg("trainer.ensemble=2", "trainer.ensemble_param=equation.alpha",
                              "trainer.ensemble_values=[1,2.5]")) == (2, "alpha", [1.0, 2.5])
+    assert settings(make_cfg("equation=custom", "trainer.ensemble=2", "trainer.ensemble_param=equation.params.alpha",
+                             "trainer.ensemble_values=[1,2.5]")) == (2, "params.alpha", [1.0, 2.5])
+    with pytest.raises(PinnConfigError, match="its coefficients: equation.params.alpha"):
+        settings(make_cfg("equation=custom", "trainer.ensemble=2", "trainer.ensemble_param=equation.params.beta",
+                          "trainer.ensemble_values=[1,2]"))
 
 
 def test_batched_lbfgs_members_are_independent():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from ..errors import PinnError
 from ..paths import config_dir
@@ -21,7 +21,12 @@ def train_task(cfg: DictConfig) -> float:
 
     from .. import distributed
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    choice = hc.runtime.choices.get("equation")
+    if cfg.equation.get("name") == "custom" and choice not in (None, "custom"):
+        with open_dict(cfg):  # a YAML equation (defaults: [custom]) is named after its file
+            cfg.equation.name = choice
     try:
         if cfg.trainer.get("ensemble", 1) != 1 or cfg.trainer.get("ensemble_param"):
             from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)

@@ -81,7 +81,8 @@ class Custom(Equation):
             raise PinnConfigError(f"equation.{next(iter(extra))} is not a key of a custom equation; keys: {accepted}")
         if inputs is None and residual is None:
             spec = EXAMPLE
-            inputs, outputs, bounds, params = spec["inputs"], spec["outputs"], spec["bounds"], spec["params"]
+            inputs, outputs, bounds = spec["inputs"], spec["outputs"], spec["bounds"]
+            params = {**spec["params"], **(params or {})}  # equation.params.alpha=0.2 applies to the example
             residual, conditions, exact = spec["residual"], spec["conditions"], spec["exact"]
         for key, val in (("inputs", inputs), ("residual", residual), ("bounds", bounds)):
             if val is None:
