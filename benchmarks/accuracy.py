@@ -46,7 +46,9 @@ def run(equation: str, overrides: list[str], threads: int) -> dict:
         m["total_s"] = time.perf_counter() - t0
     m["target"] = TARGETS.get(equation)
     m["measured"] = f"{threads} thr, load {load:.1f}"
-    m["config"] = f"{cfg.network.width}x{cfg.network.depth} {cfg.network.activation}, {cfg.optimizer.name}, " \
+    ff = cfg.network.get("fourier_features") or 0
+    m["config"] = f"{cfg.network.width}x{cfg.network.depth} {cfg.network.activation}" \
+                  f"{f' + {ff} Fourier features' if ff else ''}, {cfg.optimizer.name}, " \
                   f"{cfg.sampler.n_interior} pts, {cfg.precision}"
     return m
 
