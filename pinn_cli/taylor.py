@@ -313,8 +313,12 @@ class _FusedTaylor(torch.autograd.Function):
             with torch.enable_grad():
                 value, chans = _traced(net, plan, x, n)
                 full = torch.cat([value, *chans])
-            grads = torch.autograd.grad(full, params, grad, create_graph=True, allow_unused=True,
-                                        materialize_grads=True)
+            live = [i for i, need in enumerate(ctx.needs_input_grad[4:]) if need]
+            got = torch.autograd.grad(full, [params[i] for i in live], grad, create_graph=True,
+                                      allow_unused=True, materialize_grads=True)
+            grads: list[Tensor | None] = [None] * len(params)  # a frozen layer (Fourier embedding) gets none
+            for i, g in zip(live, got):
+                grads[i] = g
             return (None, None, None, None, *grads)
         grad = grad.contiguous()
         weights = params[0::2]

@@ -52,6 +52,22 @@ def test_taylor_derivatives_and_gradients_match_autograd(act, dtype, impl):
             assert_close(g, r, "parameter gradient")
 
 
+def test_hessian_vector_products_skip_the_frozen_embedding():
+    """create_graph=True through the fused Function (pinn hessian) with a frozen first layer."""
+    net = fourier_net()
+    x = make_points(net, 11)
+    params = trainable(net)
+    vec = [torch.randn_like(p) for p in params]
+    out = []
+    for impl in ("traced", "fused"):
+        v, f, c = taylor_channels(net, x, [0], [((1.0, (1,)), (-0.1, (0, 0)))], impl=impl)
+        loss = (c[0] ** 2).mean() + (f[0] ** 2).mean() + (v ** 2).mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        out.append(torch.autograd.grad(grads, params, vec))
+    for a, b in zip(*out):
+        assert_close(b, a, "Hessian-vector product")
+
+
 def test_value_only_fused_backward():
     """No derivative channel at all (a value-only term): the fused backward must not trip on zero channels."""
     net = fourier_net()
