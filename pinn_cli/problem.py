@@ -260,7 +260,7 @@ class Problem:
 
     def _reduce(self, i: int, residual) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """A term's mean-square residual; for the causally weighted PDE term, (weighted loss, plain MSE)."""
-        if i or self.causal is None:
+        if self.causal is None or i != 0:  # terms[0] is the PDE residual
             return mse(residual)
         c = self.causal
         n = len(self.terms[0].x)
