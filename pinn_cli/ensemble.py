@@ -644,7 +644,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     """Train ``trainer.ensemble`` members at once; writes the same run directory as ``run_training``
     (checkpoints, history.csv, metrics.json with every member, loss_curve.png, solution.png)."""
     from .optim import OptimizerSchedule
-    from .training import _Progress, _preemption_handler, _write_history, resolve_resume
+    from .training import _Progress, _preemption_handler, _write_history, resample_due, resolve_resume
 
     run_dir = Path(run_dir)
     from . import distributed
@@ -724,8 +724,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         try:
             while step < total:
                 if schedule.phase(step) == "adam":
-                    every = cfg.sampler.resample_every
-                    if every and step and step % every == 0:
+                    if resample_due(cfg, step):
                         ens.sample(rngs)
                     schedule.adam_step(loss_fn)
                     totals, parts = last["totals"].detach(), last["parts"].detach()

@@ -171,6 +171,12 @@ def _rng_state(rng: np.random.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
 
 
+def resample_due(cfg: DictConfig, step: int) -> bool:
+    """Whether the Adam phase draws fresh points before ``step`` (``sampler.resample_every``)."""
+    every = cfg.sampler.resample_every
+    return bool(every) and step > 0 and step % every == 0
+
+
 def resolve_resume(value, run_dir: Path) -> Path | None:
     """``trainer.resume``: null (fresh), ``auto`` (last.pt of this run dir if present) or a path."""
     if value in (None, "", False, "none", "null"):
@@ -250,8 +256,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         try:
             while step < total:
                 if schedule.phase(step) == "adam":
-                    every = cfg.sampler.resample_every
-                    if every and step and step % every == 0:
+                    if resample_due(cfg, step):
                         problem.sample(rng)
                         shards.update()
                     loss, parts = schedule.adam_step(loss_fn)

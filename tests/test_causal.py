@@ -68,34 +68,12 @@ def test_causal_heat_training(tmp_path):
 def test_causal_resume_in_lbfgs_matches_uninterrupted_run(tmp_path, monkeypatch):
     """Preempted inside the L-BFGS phase and resumed: the held causal weights are recomputed from the
     checkpoint's parameters, so weights and history equal one uninterrupted run."""
-    import os
-    import signal
-
-    from pinn_cli import checkpoint
-    from pinn_cli.optim import OptimizerSchedule
+    from test_resume import lbfgs_preempt_and_resume
 
     base = ["equation=heat", "optimizer.adam_steps=20", "sampler.n_interior=64", "sampler.n_boundary=16",
             "sampler.n_initial=16", "network.width=8", "trainer.log_every=10", "trainer.eval_every=20",
             "trainer.checkpoint_every=10", "device=cpu", "precision=float64", "trainer.eval_points=200",
             "trainer.causal_chunks=4", "trainer.causal_eps=5", "trainer.steps=60"]
-    run_training(make_cfg(*base), tmp_path / "full")
-    real, calls = OptimizerSchedule.lbfgs_steps, []
-
-    def preempt_in_second_block(self, loss_fn, n):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(self, loss_fn, n)
-
-    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", preempt_in_second_block)
-    part = run_training(make_cfg(*base), tmp_path / "part")
+    _, part, _, history = lbfgs_preempt_and_resume(tmp_path, monkeypatch, base)
     assert part["status"] == "preempted" and part["steps"] == 40
-    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", real)
-    run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
-    a = checkpoint.load(tmp_path / "full/checkpoints/last.pt")["model"]
-    b = checkpoint.load(tmp_path / "part/checkpoints/last.pt")["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
-    assert hist(tmp_path / "full") == hist(tmp_path / "part")
-    assert {r["causal_w_min"] for r in hist(tmp_path / "full")} != {""}
+    assert all(0 < float(r["causal_w_min"]) <= 1 for r in history)

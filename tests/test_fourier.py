@@ -9,7 +9,8 @@ import torch
 from pinn_cli.errors import PinnConfigError
 from pinn_cli.networks import MLP, trainable
 from pinn_cli.taylor import taylor_channels
-from test_taylor import all_pairs, assert_close, autograd_derivs, loss_from, make_points, taylor_loss
+from test_taylor import (all_pairs, assert_close, assert_fused_hvp_matches_traced, autograd_derivs, loss_from,
+                         make_points, taylor_loss)
 
 
 def fourier_net(dtype: torch.dtype = torch.float64, act: str = "tanh", sigma=(1.5, 3.0)) -> MLP:
@@ -55,17 +56,7 @@ def test_taylor_derivatives_and_gradients_match_autograd(act, dtype, impl):
 def test_hessian_vector_products_skip_the_frozen_embedding():
     """create_graph=True through the fused Function (pinn hessian) with a frozen first layer."""
     net = fourier_net()
-    x = make_points(net, 11)
-    params = trainable(net)
-    vec = [torch.randn_like(p) for p in params]
-    out = []
-    for impl in ("traced", "fused"):
-        v, f, c = taylor_channels(net, x, [0], [((1.0, (1,)), (-0.1, (0, 0)))], impl=impl)
-        loss = (c[0] ** 2).mean() + (f[0] ** 2).mean() + (v ** 2).mean()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        out.append(torch.autograd.grad(grads, params, vec))
-    for a, b in zip(*out):
-        assert_close(b, a, "Hessian-vector product")
+    assert_fused_hvp_matches_traced(net, trainable(net))
 
 
 def test_value_only_fused_backward():

@@ -110,14 +110,11 @@ def test_sigkill_during_training_then_resume_auto(tmp_path):
     assert steps == list(range(1, 121))  # no step lost or repeated in the history
 
 
-def test_preempted_during_lbfgs_resumes_bit_for_bit(tmp_path, monkeypatch):
-    """SIGUSR1 in the L-BFGS phase (after the Adam -> L-BFGS switch, with resampling during Adam): the resumed
-    run ends with the same parameters and history.csv as an uninterrupted one."""
+def lbfgs_preempt_and_resume(tmp_path: Path, monkeypatch, base: list[str]) -> tuple[dict, dict, dict, list[dict]]:
+    """Run ``base`` whole, and again with SIGUSR1 during its second L-BFGS block, then resumed; assert the
+    two end with the same parameters and history.csv. Returns (full, preempted, resumed metrics, history)."""
     from pinn_cli.optim import OptimizerSchedule
 
-    base = ["equation=ode_decay", "optimizer.adam_steps=30", "sampler.n_interior=64", "sampler.resample_every=10",
-            "trainer.log_every=10", "trainer.eval_every=20", "trainer.checkpoint_every=20", "device=cpu",
-            "precision=float64", "trainer.eval_points=200", "trainer.steps=60", "network.width=16"]
     full = run_training(make_cfg(*base), tmp_path / "full")
     real, calls = OptimizerSchedule.lbfgs_steps, []
 
@@ -129,16 +126,26 @@ def test_preempted_during_lbfgs_resumes_bit_for_bit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", preempt_in_second_chunk)
     part = run_training(make_cfg(*base), tmp_path / "part")
-    assert part["status"] == "preempted" and part["steps"] == 50 and part["stopped_by"] == "SIGUSR1"
     monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", real)
     resumed = run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
-    assert resumed["steps"] == full["steps"] == 60
     a = checkpoint.load(tmp_path / "full/checkpoints/last.pt")["model"]
     b = checkpoint.load(tmp_path / "part/checkpoints/last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
     hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
     assert hist(tmp_path / "full") == hist(tmp_path / "part")
+    return full, part, resumed, hist(tmp_path / "full")
+
+
+def test_preempted_during_lbfgs_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """SIGUSR1 in the L-BFGS phase (after the Adam -> L-BFGS switch, with resampling during Adam): the resumed
+    run ends with the same parameters and history.csv as an uninterrupted one."""
+    base = ["equation=ode_decay", "optimizer.adam_steps=30", "sampler.n_interior=64", "sampler.resample_every=10",
+            "trainer.log_every=10", "trainer.eval_every=20", "trainer.checkpoint_every=20", "device=cpu",
+            "precision=float64", "trainer.eval_points=200", "trainer.steps=60", "network.width=16"]
+    full, part, resumed, _ = lbfgs_preempt_and_resume(tmp_path, monkeypatch, base)
+    assert part["status"] == "preempted" and part["steps"] == 50 and part["stopped_by"] == "SIGUSR1"
+    assert resumed["steps"] == full["steps"] == 60
     assert resumed["rel_l2"] == full["rel_l2"]
 
 

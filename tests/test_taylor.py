@@ -246,11 +246,9 @@ def test_combos_and_value_rows_match_autograd(first, combos, act, impl):
         assert_close(g, r, f"grad of {name}")
 
 
-def test_fused_double_backward_matches_traced():
-    """create_graph=True through the fused Function (Hessian-vector products) recomputes exactly."""
-    net = make_net(2, 1, 6, 3, "tanh", torch.float64)
+def assert_fused_hvp_matches_traced(net: MLP, params: list[torch.Tensor]) -> None:
+    """Hessian-vector products of a loss mixing value, u_x and a combo: fused Function == traced ops."""
     x = make_points(net, 11)
-    params = list(net.parameters())
     vec = [torch.randn_like(p) for p in params]
     out = []
     for impl in ("traced", "fused"):
@@ -260,6 +258,12 @@ def test_fused_double_backward_matches_traced():
         out.append(torch.autograd.grad(grads, params, vec))
     for a, b in zip(*out):
         assert_close(b, a, "Hessian-vector product")
+
+
+def test_fused_double_backward_matches_traced():
+    """create_graph=True through the fused Function (Hessian-vector products) recomputes exactly."""
+    net = make_net(2, 1, 6, 3, "tanh", torch.float64)
+    assert_fused_hvp_matches_traced(net, list(net.parameters()))
 
 
 def test_vmap_uses_the_traced_path():
