@@ -235,7 +235,7 @@ class Problem:
 
     def _loss(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         eq, terms = self.equation, self.terms
-        parts: list[torch.Tensor | None] = [None] * len(terms)
+        parts: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(terms)
         for p in self._passes:
             lead = None if p.lead is None else terms[p.lead]
             group = ([p.lead] if lead is not None else []) + p.riders
@@ -255,13 +255,15 @@ class Problem:
         for i, t in enumerate(terms):
             if parts[i] is None:
                 parts[i] = self._reduce(i, t.residual(self.engine.fields(t.x, t.needs, t.normals, t.engine)))
-        total = sum(t.weight * (q[0] if isinstance(q, tuple) else q) for t, q in zip(terms, parts))
-        return total, [q[1] if isinstance(q, tuple) else q for q in parts]
+        total = sum(t.weight * optimised for t, (optimised, _) in zip(terms, parts))
+        return total, [reported for _, reported in parts]
 
-    def _reduce(self, i: int, residual) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """A term's mean-square residual; for the causally weighted PDE term, (weighted loss, plain MSE)."""
+    def _reduce(self, i: int, residual) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the optimiser minimises, the plain mean-square residual for the history) of term ``i``:
+        the same tensor except for the causally weighted PDE term."""
         if self.causal is None or i != 0:  # terms[0] is the PDE residual
-            return mse(residual)
+            m = mse(residual)
+            return m, m
         c = self.causal
         n = len(self.terms[0].x)
         rs = (residual,) if isinstance(residual, torch.Tensor) else residual

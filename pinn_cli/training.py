@@ -242,9 +242,10 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
             "points": shards.state(), "equation": equation.name, "elapsed_s": elapsed,
         }
 
+    n_params = sum(p.numel() for p in trainable(net))
     log.info(
         "equation=%s inputs=%s network=%s params=%d device=%s precision=%s engines=%s",
-        equation.name, ",".join(equation.inputs), cfg.network.name, sum(p.numel() for p in trainable(net)),
+        equation.name, ",".join(equation.inputs), cfg.network.name, n_params,
         setup.device, cfg.precision, ",".join(f"{t.name}:{t.engine}" for t in problem.terms),
     )
     progress = _Progress(total, bool(t_cfg.progress) and ctx.is_main, step)
@@ -322,7 +323,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     final_loss = history[-1]["loss"] if history else float(problem.loss()[0].item())
     metrics.update({
-        "steps": step, "wall_time_s": round(wall, 3), "n_params": sum(p.numel() for p in trainable(net)),
+        "steps": step, "wall_time_s": round(wall, 3), "n_params": n_params,
         "device": str(setup.device), "final_loss": final_loss, "equation": equation.name,
         "precision": cfg.precision, "status": status,
     })
