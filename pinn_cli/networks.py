@@ -134,6 +134,10 @@ class MLP(nn.Module):
     shape (m, in_dim): a frozen ``layers[0]`` (weights 2 pi [B; B], bias [0; pi/2]) with ``acts[0]``
     = sin, so every derivative engine handles it as an ordinary layer. It lets the network represent
     high frequencies that a plain MLP learns slowly (spectral bias; Tancik et al. 2020).
+
+    With ``residual=True`` every hidden width -> width layer becomes a residual block
+    h <- h + act(W h + b) (``skips[k]``: whether ``acts[k]`` adds its block's input), which keeps
+    gradients alive through deep networks (He et al. 2016). Same parameters, same state_dict.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class MLP(nn.Module):
         bounds: list[tuple[float, float]] | None = None,
         fourier_features: int = 0,
         fourier_sigma: float | Sequence[float] = 1.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         for key, val in (("network.width", width), ("network.depth", depth)):
@@ -163,6 +168,10 @@ class MLP(nn.Module):
         if fourier_features:
             sizes.insert(1, 2 * fourier_features)
             acts.insert(0, Sin())
+        if not isinstance(residual, bool):
+            raise PinnConfigError(f"network.residual={residual!r} is invalid; it must be true or false")
+        first_hidden = 1 if fourier_features else 0
+        self.skips = tuple(residual and k > first_hidden for k in range(len(acts)))
         self.acts = acts  # a plain list: the activations have no parameters, state_dict stays as it was
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         for layer in self.layers:
@@ -182,8 +191,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x * self.in_scale + self.in_shift
-        for layer, act in zip(self.layers[:-1], self.acts):
-            h = act(layer(h))
+        for layer, act, skip in zip(self.layers[:-1], self.acts, self.skips):
+            h = h + act(layer(h)) if skip else act(layer(h))
         return self.layers[-1](h)
 
 
@@ -214,4 +223,5 @@ def build_network(cfg, in_dim: int, out_dim: int, bounds=None) -> nn.Module:
     if name != "mlp":
         raise PinnConfigError(f"network={name!r} is not known; choose from: mlp")
     return MLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds,
-               fourier_features=cfg.get("fourier_features", 0), fourier_sigma=cfg.get("fourier_sigma", 1.0))
+               fourier_features=cfg.get("fourier_features", 0), fourier_sigma=cfg.get("fourier_sigma", 1.0),
+               residual=cfg.get("residual", False))

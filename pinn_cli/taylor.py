@@ -153,7 +153,8 @@ def _traced(net: MLP, plan: Plan, x: Tensor, n: int) -> tuple[Tensor, list[Tenso
     ch = list(_layer0_channels(net, _seeds(plan, x)))
     if len(layers) == 1:
         return z, [g.expand(n, -1) for g in ch]
-    for layer, act in zip(layers[1:], net.acts):
+    h_in = ch_in = None  # the residual stream entering a block
+    for layer, act, skip in zip(layers[1:], net.acts, net.skips):
         h, s1, s2 = act.derivs(z)
         a1, a2 = s1[:n], s2[:n]
         zd = ch[:nd]
@@ -161,6 +162,9 @@ def _traced(net: MLP, plan: Plan, x: Tensor, n: int) -> tuple[Tensor, list[Tenso
             a1 * g if not q else torch.addcmul(a1 * g, a2, _pair_product(q, zd))
             for g, q in zip(ch[nd:], plan.quad)
         ]
+        if skip:
+            h, ch = h + h_in, [a + b for a, b in zip(ch, ch_in)]
+        h_in, ch_in = h, ch
         wt = layer.weight.t()
         z = torch.addmm(layer.bias, h, wt)
         ch = [g.mm(wt) for g in ch]
@@ -185,6 +189,8 @@ class _Block(NamedTuple):
     s2: Tensor | None  # None for tanh (derived from s, s1 where needed)
     pairs: list[tuple[Tensor, float] | None]  # per combo: (t, f) with f * t = sum of coef * z_a * z_b
     hc: Tensor | None  # channel activations (C, B, W)
+    h: Tensor  # what the next layer reads: ``s``, plus the block's input in a residual block
+    hcs: Tensor | None  # the same for the channels: ``hc`` (+ the input channels)
 
 
 def _scaled_pairs(quad: tuple[tuple[float, int, int], ...], zd: Tensor) -> tuple[Tensor, float]:
@@ -205,7 +211,7 @@ def _act_forward(act, plan: Plan, z: Tensor, zc: Tensor | None) -> _Block:
     else:
         s, s1, s2 = act.derivs(z)
     if zc is None:
-        return _Block(z, None, s, s1, s2, [], None)
+        return _Block(z, None, s, s1, s2, [], None, s, None)
     nd = len(plan.dirs)
     hc = torch.empty((zc.shape[0], *s.shape), dtype=s.dtype, device=s.device)
     for c in range(nd):
@@ -223,7 +229,7 @@ def _act_forward(act, plan: Plan, z: Tensor, zc: Tensor | None) -> _Block:
             torch.mul(torch.addcmul(zk, s, t, value=-2 * f), s1, out=out)
         else:
             torch.addcmul(s1 * zk, s2, t, value=f, out=out)
-    return _Block(z, zc, s, s1, s2, pairs, hc)
+    return _Block(z, zc, s, s1, s2, pairs, hc, s, hc)
 
 
 def _act_backward(act, plan: Plan, blk: _Block, g: Tensor, gc: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -290,13 +296,16 @@ class _FusedTaylor(torch.autograd.Function):
         for a, b, deriv in _blocks(m, n, 1 + nch, weights[0].shape[0], x.element_size()):
             z = torch.addmm(biases[0], xs[a:b], weights[0].t())
             zc = ch0 if deriv and nch else None
-            layers = []
-            for w, bias, act in zip(weights[1:], biases[1:], net.acts):
+            layers: list[_Block] = []
+            for w, bias, act, skip in zip(weights[1:], biases[1:], net.acts, net.skips):
                 blk = _act_forward(act, plan, z, zc)
+                if skip:
+                    prev = layers[-1]
+                    blk = blk._replace(h=blk.s + prev.h, hcs=None if blk.hc is None else blk.hc + prev.hcs)
                 layers.append(blk)
                 wt = w.t()
-                z = torch.addmm(bias, blk.s, wt)
-                zc = None if blk.hc is None else torch.matmul(blk.hc, wt)
+                z = torch.addmm(bias, blk.h, wt)
+                zc = None if blk.hcs is None else torch.matmul(blk.hcs, wt)
             out[a:b] = z
             if zc is not None:
                 out_ch[:, a:b] = zc
@@ -331,15 +340,22 @@ class _FusedTaylor(torch.autograd.Function):
         for a, b, layers in ctx.blocks:
             g = grad[a:b]
             gc = grad_ch[:, a:b] if layers[0].zc is not None else None
+            carry = carry_c = None  # gradient reaching a residual block's input through its skip
             for k in range(len(weights) - 1, 0, -1):
                 blk = layers[k - 1]
-                gw[k].addmm_(g.t(), blk.s)
+                gw[k].addmm_(g.t(), blk.h)
                 gb[k] += g.sum(0)
+                g = g.mm(weights[k])
                 if gc is not None:
                     gc = gc.reshape(-1, gc.shape[-1])
-                    gw[k].addmm_(gc.t(), blk.hc.view(gc.shape[0], -1))
+                    gw[k].addmm_(gc.t(), blk.hcs.view(gc.shape[0], -1))
                     gc = gc.mm(weights[k]).view(blk.hc.shape)
-                g, gc = _act_backward(net.acts[k - 1], plan, blk, g.mm(weights[k]), gc)
+                if carry is not None:
+                    g += carry
+                    if gc is not None:
+                        gc += carry_c
+                carry, carry_c = (g, None if gc is None else gc.clone()) if net.skips[k - 1] else (None, None)
+                g, gc = _act_backward(net.acts[k - 1], plan, blk, g, gc)
             gw[0].addmm_(g.t(), xs[a:b])
             gb[0] += g.sum(0)
             if gc is not None:

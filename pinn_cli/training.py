@@ -348,8 +348,8 @@ def _check_compatible(state: dict, config: dict, path: Path) -> None:
         raise PinnError(
             f"checkpoint {path} is for equation {state.get('equation')}, not {config['equation'].get('name')}"
         )
-    defaults = {"fourier_features": 0, "fourier_sigma": 1.0}
-    for key in ("name", "width", "depth", "activation", "fourier_features", "fourier_sigma"):
+    defaults = {"fourier_features": 0, "fourier_sigma": 1.0, "residual": False}
+    for key in ("name", "width", "depth", "activation", "fourier_features", "fourier_sigma", "residual"):
         if old["network"].get(key, defaults.get(key)) != config["network"].get(key, defaults.get(key)):
             raise PinnError(
                 f"checkpoint {path} has network.{key}={old['network'].get(key)}, this run has {config['network'].get(key)}"
