@@ -653,6 +653,8 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         raise PinnConfigError("trainer.ensemble runs in one process; launch it without torchrun/several tasks")
     if cfg.trainer.get("causal_chunks"):
         raise PinnConfigError("trainer.causal_chunks is not supported with trainer.ensemble > 1; use one or the other")
+    if (cfg.sampler.get("adaptive") or "none") != "none":
+        raise PinnConfigError("sampler.adaptive is not supported with trainer.ensemble > 1; use one or the other")
     ens = Ensemble(cfg)
     n = ens.n
     t_cfg = cfg.trainer

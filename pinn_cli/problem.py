@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import adaptive
 from .derivatives import (
     AutogradFields,
     DerivativeEngine,
@@ -102,6 +103,7 @@ class Problem:
         self._passes: list[_Pass] = []  # forward-engine passes, set by plan()
         self._compiled: CompiledLoss | None = None  # set by configure()
         self.causal: Causal | None = None  # set by set_causal()
+        self.rad = adaptive.from_config(sampler_cfg)  # RAD redraws of the PDE points, or None
         self.terms = [Term("pde", equation.residual, equation.weights["pde"], "interior")]
         for cond in equation.conditions():
             at = None
@@ -123,14 +125,35 @@ class Problem:
             return PointSet(np.array(cols, dtype=float).T)
         raise PinnConfigError(f"condition {term.name}: unknown location {term.where!r}")
 
-    def sample(self, rng: np.random.Generator) -> None:
-        """Draw fresh training points for every term."""
+    def sample(self, rng: np.random.Generator, adaptive: bool = False) -> None:
+        """Draw fresh training points for every term; ``adaptive``: the PDE points by RAD (when
+        ``sampler.adaptive=rad``), where the current network's residual is large."""
         for term in self.terms:
-            ps = self._draw(term, rng)
+            ps = self._draw_rad(term, rng) if adaptive and self.rad and term is self.terms[0] else self._draw(term, rng)
             term.x = torch.as_tensor(ps.x, device=self.device, dtype=self.dtype)
             term.normals = None if ps.normals is None else torch.as_tensor(ps.normals, device=self.device, dtype=self.dtype)
         if self.causal is not None:
             self.causal.assign(self.terms[0].x)
+
+    def _draw_rad(self, term: Term, rng: np.random.Generator) -> PointSet:
+        """The PDE points: ``n_interior`` of a pool ``rad.pool`` times larger, kept by residual (RAD)."""
+        n = self.sampler.n_interior
+        pool = self.domain.interior(n * self.rad.pool, self.sampler.name, rng)
+        x = torch.as_tensor(pool.x, device=self.device, dtype=self.dtype)
+        keep = self.rad.choose(self.residual_norm(term, x), n, rng)
+        log.debug("RAD: kept %d of %d candidate PDE points", n, len(x))
+        return PointSet(pool.x[keep])
+
+    def residual_norm(self, term: Term, x: torch.Tensor, chunk: int = 8192) -> np.ndarray:
+        """|residual| of ``term`` at each row of ``x`` (all its output components together), in chunks."""
+        out = []
+        grad = torch.enable_grad() if term.engine == "autograd" else torch.no_grad()
+        for xb in x.split(chunk):
+            with grad:
+                r = term.residual(self.engine.fields(xb, term.needs, None, term.engine))
+                rs = (r,) if isinstance(r, torch.Tensor) else r
+                out.append(sum(t.detach().square().reshape(len(xb), -1).sum(1) for t in rs))
+        return torch.cat(out).sqrt().to(torch.float64).cpu().numpy()
 
     def set_causal(self, chunks: int, eps: float) -> None:
         """Weight the PDE residual causally in time (see :class:`Causal`); ``chunks=0`` turns it off."""
@@ -138,6 +161,8 @@ class Problem:
             self.causal = None
             return
         eq = self.equation
+        if self.rad is not None:
+            raise PinnConfigError("trainer.causal_chunks and sampler.adaptive=rad do not combine; use one or the other")
         if eq.time is None:
             raise PinnConfigError(
                 f"trainer.causal_chunks={chunks}: equation {eq.name} has no time input; causal weighting needs one"

@@ -258,7 +258,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
             while step < total:
                 if schedule.phase(step) == "adam":
                     if resample_due(cfg, step):
-                        problem.sample(rng)
+                        problem.sample(rng, adaptive=True)
                         shards.update()
                     loss, parts = schedule.adam_step(loss_fn)
                     step += 1

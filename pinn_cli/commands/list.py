@@ -37,5 +37,6 @@ def main(argv: list[str]) -> None:
     table.add_row("network.activation", ", ".join(ACTIVATIONS), "pointwise activations of mlp")
     table.add_row("network.fourier_features", "0, m", "random Fourier-feature embedding of the inputs (m frequencies)")
     table.add_row("network.residual", "false, true", "hidden layers as residual blocks h <- h + act(W h + b)")
+    table.add_row("sampler.adaptive", "none, rad", "resampled PDE points drawn where the residual is large (RAD)")
     table.add_row("trainer.causal_chunks", "0, n", "causal weighting of the PDE residual over n time chunks")
     Console().print(table)
