@@ -39,7 +39,7 @@ accuracy: $(STAMP)  ## accuracy table: every equation's default config (rel L2, 
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)
 
 lint: $(STAMP)  ## static checks (ruff)
-	$(BIN)/pip install -q ruff && $(BIN)/ruff check pinn_cli tests benchmarks
+	$(BIN)/pip install -q 'ruff>=0.6' && $(BIN)/ruff check pinn_cli tests benchmarks
 
 clean:  ## remove the virtual environment, caches and run outputs
 	rm -rf $(VENV) outputs multirun .pytest_cache build dist *.egg-info

@@ -36,9 +36,9 @@ from omegaconf import open_dict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pinn_cli.paths import config_dir
-from pinn_cli.speed import tune_malloc
-from pinn_cli.training import build
+from pinn_cli.paths import config_dir  # noqa: E402
+from pinn_cli.speed import tune_malloc  # noqa: E402
+from pinn_cli.training import build  # noqa: E402
 
 EQUATIONS = ("heat", "poisson2d", "burgers")
 NESTED = "nested autograd"
@@ -177,7 +177,7 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
     """DeepXDE's own API (PyTorch backend) on the same points and initial weights."""
     try:
         dde = import_deepxde()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - any import or install failure: report it in the row
         return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
     eq = base.equation
     lo, hi = base.domain.lo, base.domain.hi

@@ -18,8 +18,8 @@ the face ``x == 0``): points are drawn until ``n`` of them pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class PointSet:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, idx) -> "PointSet":
+    def take(self, idx) -> PointSet:
         return PointSet(self.x[idx], None if self.normals is None else self.normals[idx])
 
 

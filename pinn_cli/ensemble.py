@@ -22,9 +22,9 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from torch.func import functional_call, jvp, stack_module_state, vjp, vmap
 from . import checkpoint, plots
 from .derivatives import Fields
 from .errors import PinnConfigError, PinnError
-from .networks import trainable
 from .metrics import _errors
+from .networks import trainable
 from .problem import mse
 
 log = logging.getLogger("pinn")
@@ -337,7 +337,7 @@ class Ensemble:
         if self.use_forward and any(t.engine == "forward" for t in self.setups[0].problem.terms):
             try:
                 return self._losses()
-            except Exception as err:  # the forward engine does not run under vmap: use torch.func
+            except Exception as err:  # noqa: BLE001 - the forward engine does not run under vmap: use torch.func
                 log.warning("forward derivative engine unavailable under vmap (%s: %s); using torch.func",
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
                 self.use_forward = self._member.use_forward = False
@@ -644,7 +644,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     """Train ``trainer.ensemble`` members at once; writes the same run directory as ``run_training``
     (checkpoints, history.csv, metrics.json with every member, loss_curve.png, solution.png)."""
     from .optim import OptimizerSchedule
-    from .training import _Progress, _preemption_handler, _write_history, resample_due, resolve_resume
+    from .training import _preemption_handler, _Progress, _write_history, resample_due, resolve_resume
 
     run_dir = Path(run_dir)
     from . import distributed

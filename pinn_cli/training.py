@@ -27,8 +27,8 @@ from .metrics import Evaluator
 from .networks import build_network, trainable
 from .optim import OptimizerSchedule
 from .problem import Problem
-from .speed import set_tf32, tune_malloc
 from .sampling import check_sampler
+from .speed import set_tf32, tune_malloc
 
 log = logging.getLogger("pinn")
 
@@ -40,7 +40,7 @@ def build_equation(cfg: DictConfig) -> Equation:
     kwargs.pop("description", None)
     try:
         cls = get_class(target)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the import raised, the config names a bad target
         raise PinnConfigError(f"equation._target_={target!r} cannot be imported") from None
     return cls(**kwargs)
 

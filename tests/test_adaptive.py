@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_cfg
+
 from pinn_cli.adaptive import Rad
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.training import build

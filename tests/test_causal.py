@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_cfg
+
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.errors import PinnConfigError
 from pinn_cli.training import build, run_training
@@ -60,7 +60,7 @@ def test_causal_heat_training(tmp_path):
                    "trainer.causal_eps=10")
     metrics = run_training(cfg, tmp_path)
     assert metrics["rel_l2"] < 3e-3, metrics
-    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    rows = list(csv.DictReader((tmp_path / "history.csv").read_text().splitlines()))
     w = [float(r["causal_w_min"]) for r in rows]
     assert all(0 <= v <= 1 for v in w) and w[-1] > 0.99 and not math.isclose(w[0], w[-1])
 

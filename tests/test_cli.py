@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.eval_every=3", "trainer.checkpoint_every=3",

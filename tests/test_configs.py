@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import CONFIGS, EQUATIONS, make_cfg
+
 from pinn_cli.training import build
 
 

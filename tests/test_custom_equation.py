@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, make_cfg
+
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.equations.custom import Custom
 from pinn_cli.errors import PinnConfigError

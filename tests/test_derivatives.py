@@ -56,7 +56,7 @@ def test_first_derivatives_are_computed_once(monkeypatch):
     monkeypatch.setattr(torch.autograd, "grad", counting)
     p = torch.rand(16, 2, dtype=torch.float64)
     f = AutogradFields(field_fn, p, ("x", "t"), ("u", "v"))
-    f.u_t, f.u_x, f.u_xx, f.u_xt, f.u_tt
+    _ = f.u_t, f.u_x, f.u_xx, f.u_xt, f.u_tt
     assert len(calls) == 3  # one for all first derivatives of u, one for u_x's, one for u_t's
 
 
@@ -87,7 +87,7 @@ def test_parse_names():
 def test_unknown_name_is_a_clear_error():
     f = AutogradFields(field_fn, torch.rand(3, 2), ("x", "t"), ("u", "v"))
     with pytest.raises(AttributeError, match="not an input"):
-        f.w_x
+        _ = f.w_x
 
 
 def test_forward_matches_autograd_on_mlp():

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_cfg
+
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.domains import Box, DiskShape, Domain, PolygonShape, build_domain
 from pinn_cli.errors import PinnConfigError

@@ -10,13 +10,14 @@ import signal
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_cfg
+
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.ensemble import BatchedLBFGS, Ensemble, FuncFields, run_ensemble, settings
 from pinn_cli.errors import PinnConfigError, PinnError
 from pinn_cli.networks import MLP
 from pinn_cli.training import build, run_training
+
 
 def read_csv(path):
     with open(path, newline="") as fh:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import EQUATIONS, make_cfg
 from torch import nn
 
-from conftest import EQUATIONS, make_cfg
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.problem import mse
 from pinn_cli.training import build

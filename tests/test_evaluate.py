@@ -6,12 +6,12 @@ import json
 import shutil
 
 import pytest
-
 from conftest import make_cfg
+from test_cli import pinn
+
 from pinn_cli.commands import evaluate
 from pinn_cli.errors import PinnConfigError, PinnError
 from pinn_cli.training import run_training
-from test_cli import pinn
 
 FAST = ["device=cpu", "precision=float64", "network.width=8", "trainer.steps=40", "optimizer.adam_steps=25",
         "trainer.log_every=10", "trainer.eval_every=20", "trainer.eval_points=400", "sampler.n_interior=80",

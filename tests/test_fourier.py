@@ -5,12 +5,16 @@ import math
 
 import pytest
 import torch
+from test_taylor import (
+    assert_all_channels_and_gradients_match,
+    assert_close,
+    assert_fused_hvp_matches_traced,
+    make_points,
+)
 
 from pinn_cli.errors import PinnConfigError
 from pinn_cli.networks import MLP, trainable
 from pinn_cli.taylor import taylor_channels
-from test_taylor import (all_pairs, assert_close, assert_fused_hvp_matches_traced, autograd_derivs, loss_from,
-                         make_points, taylor_loss)
 
 
 def fourier_net(dtype: torch.dtype = torch.float64, act: str = "tanh", sigma=(1.5, 3.0)) -> MLP:
@@ -35,22 +39,7 @@ def test_embedding_is_sin_cos_of_random_frequencies():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("act", ["tanh", "sin", "gelu"])
 def test_taylor_derivatives_and_gradients_match_autograd(act, dtype, impl):
-    net = fourier_net(dtype, act)
-    x = make_points(net, 19)
-    u, f_ref, p_ref = autograd_derivs(net, x)
-    v, f, c = taylor_channels(net, x, [0, 1], [((1.0, p),) for p in all_pairs(2)], impl=impl)
-    assert_close(v, u, "value")
-    for i in (0, 1):
-        assert_close(f[i], f_ref[i], f"d/dx{i}")
-    for k, p in enumerate(all_pairs(2)):
-        assert_close(c[k], p_ref[p], f"d2/dx{p}")
-    if dtype is torch.float64:
-        weights = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=dtype)
-        params = trainable(net)
-        ref = torch.autograd.grad(loss_from(*autograd_derivs(net, x), weights), params)
-        got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), impl), params)
-        for g, r in zip(got, ref):
-            assert_close(g, r, "parameter gradient")
+    assert_all_channels_and_gradients_match(fourier_net(dtype, act), impl)
 
 
 def test_hessian_vector_products_skip_the_frozen_embedding():
@@ -88,6 +77,7 @@ def test_fourier_heat_trains_with_frozen_embedding_and_resumes(tmp_path):
     """A Fourier-feature network trains heat to a stated error; its embedding stays what was drawn,
     is saved in the checkpoint, and a resume with another fourier_sigma is refused."""
     from conftest import make_cfg
+
     from pinn_cli import checkpoint
     from pinn_cli.errors import PinnError
     from pinn_cli.training import run_training

@@ -8,15 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg
 from torch import nn
 from torch.func import functional_call
 
-from conftest import make_cfg
 from pinn_cli import hessian as hs
 from pinn_cli.ensemble import FuncFields
 from pinn_cli.errors import PinnConfigError, PinnError
 from pinn_cli.problem import mse
 from pinn_cli.training import build, run_training
+
 
 def read_csv(path):
     with open(path, newline="") as fh:

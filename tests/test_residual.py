@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_taylor import (
+    assert_all_channels_and_gradients_match,
+    assert_close,
+    assert_fused_hvp_matches_traced,
+    autograd_derivs,
+    make_points,
+)
 
 from pinn_cli.errors import PinnConfigError
 from pinn_cli.networks import MLP
 from pinn_cli.taylor import taylor_channels
-from test_taylor import (all_pairs, assert_close, assert_fused_hvp_matches_traced, autograd_derivs, loss_from,
-                         make_points, taylor_loss)
 
 
 def residual_net(dtype: torch.dtype = torch.float64, act: str = "tanh", depth: int = 4, fourier: int = 0) -> MLP:
@@ -47,22 +52,7 @@ def test_fourier_embedding_is_not_a_skip():
 @pytest.mark.parametrize("act", ["tanh", "sin", "gelu", "silu"])
 @pytest.mark.parametrize("fourier", [0, 3], ids=["plain", "fourier"])
 def test_taylor_derivatives_and_gradients_match_autograd(fourier, act, dtype, impl):
-    net = residual_net(dtype, act, fourier=fourier)
-    x = make_points(net, 19)
-    u, f_ref, p_ref = autograd_derivs(net, x)
-    v, f, c = taylor_channels(net, x, [0, 1], [((1.0, p),) for p in all_pairs(2)], impl=impl)
-    assert_close(v, u, "value")
-    for i in (0, 1):
-        assert_close(f[i], f_ref[i], f"d/dx{i}")
-    for k, p in enumerate(all_pairs(2)):
-        assert_close(c[k], p_ref[p], f"d2/dx{p}")
-    if dtype is torch.float64:
-        weights = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=dtype)
-        params = [p for p in net.parameters() if p.requires_grad]
-        ref = torch.autograd.grad(loss_from(*autograd_derivs(net, x), weights), params)
-        got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), impl), params)
-        for g, r in zip(got, ref):
-            assert_close(g, r, "parameter gradient")
+    assert_all_channels_and_gradients_match(residual_net(dtype, act, fourier=fourier), impl)
 
 
 def test_fused_combo_channel_with_value_rows_matches_autograd():
@@ -92,6 +82,7 @@ def test_bad_residual_value_names_the_key():
 def test_residual_heat_trains_and_refuses_a_plain_resume(tmp_path):
     """A residual network trains heat to a stated error; resuming it as a plain MLP is refused."""
     from conftest import make_cfg
+
     from pinn_cli.errors import PinnError
     from pinn_cli.training import run_training
 

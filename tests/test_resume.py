@@ -2,6 +2,7 @@
 and a submitit job preempted with its signal writes last.pt, is requeued and finishes from there."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -50,17 +51,15 @@ def _size(paths) -> int:
     """Largest size among ``paths`` (0 if none; a file renamed away meanwhile counts 0)."""
     sizes = [0]
     for p in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             sizes.append(p.stat().st_size)
-        except FileNotFoundError:
-            pass
     return max(sizes)
 
 
 def test_sigkill_while_writing_keeps_the_previous_checkpoint(tmp_path):
     """Kill the writer with SIGKILL while a large checkpoint is half written: the file it replaces still loads."""
     path = tmp_path / "last.pt"
-    for attempt in range(5):
+    for _ in range(5):
         for p in tmp_path.iterdir():
             p.unlink()
         proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(path), str(8_000_000)], cwd=REPO, env=ENV)
@@ -106,7 +105,7 @@ def test_sigkill_during_training_then_resume_auto(tmp_path):
     assert f"resumed from {run / 'checkpoints' / 'last.pt'}" in (run / "train.log").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 120 and metrics["status"] == "done"
-    steps = [int(r["step"]) for r in csv.DictReader(open(run / "history.csv"))]
+    steps = [int(r["step"]) for r in csv.DictReader((run / "history.csv").read_text().splitlines())]
     assert steps == list(range(1, 121))  # no step lost or repeated in the history
 
 
@@ -132,7 +131,7 @@ def lbfgs_preempt_and_resume(tmp_path: Path, monkeypatch, base: list[str]) -> tu
     b = checkpoint.load(tmp_path / "part/checkpoints/last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
+    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader((p / "history.csv").read_text().splitlines())]
     assert hist(tmp_path / "full") == hist(tmp_path / "part")
     return full, part, resumed, hist(tmp_path / "full")
 

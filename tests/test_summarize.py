@@ -75,7 +75,7 @@ def test_writes_csv_and_png(sweep, capsys):
     summarize(sweep)
     out = capsys.readouterr().out
     assert "6 jobs" in out and "failed" in out and "training diverged at step 3" in out
-    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    rows = list(csv.DictReader((sweep / "summary.csv").read_text().splitlines()))
     assert [r["job"] for r in rows] == ["10", "1", "0", "3", "4", "2"]
     assert rows[0]["network.width"] == "16" and rows[0]["optimizer.lr"] == "1e-1"
     assert float(rows[0]["rel_l2"]) == 0.01 and rows[0]["status"] == "done"

@@ -153,6 +153,26 @@ def loss_from(v, f, p, weights: torch.Tensor) -> torch.Tensor:
     return (r * r).mean() + sum((t * t).mean() for t in terms)
 
 
+def assert_all_channels_and_gradients_match(net: MLP, impl: str) -> None:
+    """Value, both first and all second derivatives of a 2-input ``net`` against nested autograd; in
+    float64 also the parameter gradients of a loss mixing every channel (trainable parameters only)."""
+    x = make_points(net, 19)
+    u, f_ref, p_ref = autograd_derivs(net, x)
+    v, f, c = taylor_channels(net, x, [0, 1], [((1.0, p),) for p in all_pairs(2)], impl=impl)
+    assert_close(v, u, "value")
+    for i in (0, 1):
+        assert_close(f[i], f_ref[i], f"d/dx{i}")
+    for k, p in enumerate(all_pairs(2)):
+        assert_close(c[k], p_ref[p], f"d2/dx{p}")
+    if x.dtype is torch.float64:
+        weights = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+        params = [p for p in net.parameters() if p.requires_grad]
+        ref = torch.autograd.grad(loss_from(*autograd_derivs(net, x), weights), params)
+        got = torch.autograd.grad(taylor_loss(net, x, weights, all_pairs(2), impl), params)
+        for g, r in zip(got, ref):
+            assert_close(g, r, "parameter gradient")
+
+
 @pytest.mark.parametrize("impl", ["traced", "fused"])
 @pytest.mark.parametrize("act", ["tanh", "sin", "gelu", "silu", "identity"])
 def test_parameter_gradients_match_autograd(act, impl):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_cfg
+
 from pinn_cli import checkpoint
 from pinn_cli.errors import PinnError
 from pinn_cli.training import run_training
@@ -45,7 +45,7 @@ def test_linear_network_on_bvp_reports_its_error(tmp_path):
     metrics = run_training(cfg, tmp_path)
     assert metrics["status"] == "done"
     assert 0.05 < metrics["rel_l2"] < 10
-    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    rows = list(csv.DictReader((tmp_path / "history.csv").read_text().splitlines()))
     assert abs(float(rows[-1]["loss_pde"]) - 4.0) < 1e-9  # residual y''+2 = 2 everywhere
 
 
@@ -89,7 +89,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, optimizer):
     a, b = _params(tmp_path / "full/checkpoints/last.pt"), _params(tmp_path / "part/checkpoints/last.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(open(p / "history.csv"))]
+    hist = lambda p: [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader((p / "history.csv").read_text().splitlines())]
     assert hist(tmp_path / "full") == hist(tmp_path / "part")
 
 

@@ -16,10 +16,9 @@ log = logging.getLogger("pinn")
 
 def train_task(cfg: DictConfig) -> float:
     """Run one job in Hydra's output directory; returns rel L2 (what sweepers minimise)."""
-    from ..training import run_training
-    from ..summary import print_summary
-
     from .. import distributed
+    from ..summary import print_summary
+    from ..training import run_training
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

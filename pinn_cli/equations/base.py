@@ -1,8 +1,9 @@
 """What an equation is: inputs, outputs, coefficients, a PDE residual, conditions and an exact solution."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

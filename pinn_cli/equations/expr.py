@@ -14,7 +14,7 @@ import ast
 import functools
 import math
 import operator
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import sympy
@@ -286,7 +286,7 @@ def _compile(expr: sympy.Basic, backend: Backend, where: str) -> Callable[[Looku
 
 
 def _sqrt(fn, v):
-    if isinstance(v, torch.Tensor) or isinstance(v, np.ndarray):
+    if isinstance(v, (torch.Tensor, np.ndarray)):
         return fn(v)
     return math.sqrt(v)
 
