@@ -64,12 +64,14 @@ def test_shards_partition_the_points_and_keep_the_loss():
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["sampler.adaptive=rad"]], ids=["resample", "rad"])
+def test_torchrun_two_ranks_match_one_process(tmp_path, extra):
+    """Same losses, error and points as one process; with RAD every rank draws the same points."""
     ddp_cwd = tmp_path / "ddp"
     ddp_cwd.mkdir()
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "pinn_cli", "train", *BASE],
+         "-m", "pinn_cli", "train", *BASE, *extra],
         cwd=ddp_cwd, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -83,7 +85,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     from pinn_cli.training import run_training
 
     single = tmp_path / "single"
-    run_training(make_cfg(*BASE), single)
+    run_training(make_cfg(*BASE, *extra), single)
 
     m2, m1 = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
     assert m2["steps"] == m1["steps"] == 40 and m2["status"] == "done"
@@ -96,6 +98,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     # checkpoints hold all points, not rank 0's half: they resume on any number of ranks
     points = checkpoint.load(run / "checkpoints" / "last.pt")["points"]
     assert points["pde"][0].shape[0] == 65 and points["bc"][0].shape[0] == 17
+    alone = checkpoint.load(single / "checkpoints" / "last.pt")["points"]
+    assert torch.equal(points["pde"][0], alone["pde"][0])
 
 
 @pytest.mark.slow
