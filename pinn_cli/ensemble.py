@@ -273,9 +273,13 @@ class Ensemble:
                         for t in self.setups[0].problem.terms)
 
     # -- points
-    def sample(self, rngs: list[np.random.Generator]) -> None:
+    def sample(self, rngs: list[np.random.Generator], adaptive: bool = False) -> None:
+        """Fresh points for every member from its own generator; ``adaptive``: RAD redraws (when
+        configured) read each member's current residual, so its network is synced first."""
+        if adaptive and self.setups[0].problem.rad is not None:
+            self.sync()
         for s, rng in zip(self.setups, rngs):
-            s.problem.sample(rng)
+            s.problem.sample(rng, adaptive=adaptive)
         self._stack()
 
     def plan(self) -> None:
@@ -653,8 +657,6 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         raise PinnConfigError("trainer.ensemble runs in one process; launch it without torchrun/several tasks")
     if cfg.trainer.get("causal_chunks"):
         raise PinnConfigError("trainer.causal_chunks is not supported with trainer.ensemble > 1; use one or the other")
-    if (cfg.sampler.get("adaptive") or "none") != "none":
-        raise PinnConfigError("sampler.adaptive is not supported with trainer.ensemble > 1; use one or the other")
     ens = Ensemble(cfg)
     n = ens.n
     t_cfg = cfg.trainer
@@ -727,7 +729,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
             while step < total:
                 if schedule.phase(step) == "adam":
                     if resample_due(cfg, step):
-                        ens.sample(rngs)
+                        ens.sample(rngs, adaptive=True)
                     schedule.adam_step(loss_fn)
                     totals, parts = last["totals"].detach(), last["parts"].detach()
                 else:

@@ -215,3 +215,16 @@ def test_lbfgs_phase_and_preemption_resume(tmp_path, monkeypatch):
     with pytest.raises(PinnError, match="not of this ensemble"):
         run_ensemble(make_cfg(*base, "trainer.ensemble=3", f"trainer.resume={tmp_path / 'part/checkpoints/last.pt'}"),
                      tmp_path / "other")
+
+
+def test_rad_members_follow_their_single_runs(tmp_path):
+    """sampler.adaptive=rad in an ensemble: each member redraws by its own residual, as its single run does."""
+    base = ["equation=heat", "optimizer=adam", "trainer.steps=15", "optimizer.lr=3e-3", "seed=3", *SMALL,
+            "sampler.resample_every=5", "sampler.adaptive=rad", "sampler.rad_pool=4"]
+    ens = run_ensemble(make_cfg(*base, "trainer.ensemble=2"), tmp_path / "ens")
+    rows = read_csv(tmp_path / "ens/history.csv")
+    for i in range(2):
+        single = run_training(make_cfg(*base, f"seed={3 + i}"), tmp_path / f"single{i}")
+        hist = read_csv(tmp_path / f"single{i}/history.csv")
+        np.testing.assert_allclose([float(r[f"loss_m{i}"]) for r in rows], [float(r["loss"]) for r in hist], rtol=1e-9)
+        assert ens["members"][i]["rel_l2"] == pytest.approx(single["rel_l2"], rel=1e-8)
