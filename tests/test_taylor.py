@@ -19,13 +19,15 @@ CONFIGS = [  # in_dim, out_dim, width, depth
 ]
 
 
-def make_net(in_dim: int, out_dim: int, width: int, depth: int, act: str, dtype: torch.dtype, seed: int = 0) -> MLP:
+def make_net(in_dim: int, out_dim: int, width: int, depth: int, act: str, dtype: torch.dtype, seed: int = 0,
+             residual: bool = False) -> MLP:
     """A random MLP with random non-trivial biases and input bounds."""
     gen = torch.Generator().manual_seed(seed)
     lo = torch.rand(in_dim, generator=gen) * 2 - 1
     hi = lo + 0.5 + torch.rand(in_dim, generator=gen) * 2
     torch.manual_seed(seed)
-    net = MLP(in_dim, out_dim, width=width, depth=depth, activation=act, bounds=list(zip(lo.tolist(), hi.tolist())))
+    net = MLP(in_dim, out_dim, width=width, depth=depth, activation=act, bounds=list(zip(lo.tolist(), hi.tolist())),
+              residual=residual)
     with torch.no_grad():
         for layer in net.layers:
             layer.bias.normal_(0.0, 0.3)
@@ -191,11 +193,12 @@ def _compile_available() -> bool:
 
 
 @pytest.mark.skipif(not _compile_available(), reason="torch.compile is unavailable here (or PINN_SKIP_COMPILE is set)")
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_torch_compile_matches_eager(residual):
     """Full-graph capture (no graph breaks) forward and backward; aot_eager by default, since a cold
     inductor C++ build can take ~40 s on 2 cores. PINN_TEST_INDUCTOR=1 runs the inductor backend."""
     backend = "inductor" if os.environ.get("PINN_TEST_INDUCTOR") else "aot_eager"
-    net = make_net(2, 1, 8, 2, "tanh", torch.float32)
+    net = make_net(2, 1, 8, 3, "tanh", torch.float32, residual=residual)
     x = make_points(net, 32)
 
     def step(x: torch.Tensor) -> torch.Tensor:
