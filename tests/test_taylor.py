@@ -113,9 +113,10 @@ def test_returns_exactly_requested(first, pairs, impl):
         assert_close(p[(i, j)], p_ref[(min(i, j), max(i, j))], f"d2/dx{i}dx{j}")
 
 
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("impl", ["traced", "fused"])
-def test_identity_activation_gives_exact_zero_second_derivatives(impl):
-    net = make_net(3, 2, 6, 3, "identity", torch.float32)
+def test_identity_activation_gives_exact_zero_second_derivatives(impl, residual):
+    net = make_net(3, 2, 6, 3, "identity", torch.float32, residual=residual)
     x = make_points(net, 9)
     _, f, p = mlp_taylor(net, x, [0, 1, 2], all_pairs(3), impl=impl)
     assert all(torch.equal(t, torch.zeros_like(t)) for t in p.values())
