@@ -146,29 +146,40 @@ def _pair_product(quad: tuple[tuple[float, int, int], ...], zd: Sequence[Tensor]
 
 
 def _traced(net: MLP, plan: Plan, x: Tensor, n: int) -> tuple[Tensor, list[Tensor]]:
-    """Per-channel propagation with ordinary differentiable ops: value (M, out), [dirs..., combos...]."""
+    """Per-channel propagation with ordinary differentiable ops: value (M, out), [dirs..., combos...].
+    Rows past ``n`` (value only) go through as a stream of their own: no activation derivatives
+    for them, and no slicing of whole-batch tensors (whose gradients would be zero-padded copies)."""
     layers = net.layers
-    z = torch.nn.functional.linear(x * net.in_scale + net.in_shift, layers[0].weight, layers[0].bias)
+    xs = x * net.in_scale + net.in_shift
+    split = 0 < n < x.shape[0]
+    z = torch.nn.functional.linear(xs[:n] if split else xs, layers[0].weight, layers[0].bias)
+    zv = torch.nn.functional.linear(xs[n:], layers[0].weight, layers[0].bias) if split else None
     nd = len(plan.dirs)
     ch = list(_layer0_channels(net, _seeds(plan, x)))
     if len(layers) == 1:
-        return z, [g.expand(n, -1) for g in ch]
-    h_in = ch_in = None  # the residual stream entering a block
+        return (z if zv is None else torch.cat([z, zv])), [g.expand(n, -1) for g in ch]
+    h_in = hv_in = ch_in = None  # the residual stream entering a block
     for layer, act, skip in zip(layers[1:], net.acts, net.skips):
-        h, s1, s2 = act.derivs(z)
-        a1, a2 = s1[:n], s2[:n]
-        zd = ch[:nd]
-        ch = [a1 * g for g in zd] + [
-            a1 * g if not q else torch.addcmul(a1 * g, a2, _pair_product(q, zd))
-            for g, q in zip(ch[nd:], plan.quad)
-        ]
+        if ch:
+            h, s1, s2 = act.derivs(z)
+            a1, a2 = s1[:n], s2[:n]
+            zd = ch[:nd]
+            ch = [a1 * g for g in zd] + [
+                a1 * g if not q else torch.addcmul(a1 * g, a2, _pair_product(q, zd))
+                for g, q in zip(ch[nd:], plan.quad)
+            ]
+        else:
+            h = act(z)
+        hv = None if zv is None else act(zv)
         if skip:
             h, ch = h + h_in, [a + b for a, b in zip(ch, ch_in)]
-        h_in, ch_in = h, ch
+            hv = None if hv is None else hv + hv_in
+        h_in, hv_in, ch_in = h, hv, ch
         wt = layer.weight.t()
         z = torch.addmm(layer.bias, h, wt)
+        zv = None if hv is None else torch.addmm(layer.bias, hv, wt)
         ch = [g.mm(wt) for g in ch]
-    return z, ch
+    return (z if zv is None else torch.cat([z, zv])), ch
 
 
 def _blocks(m: int, n: int, channels: int, width: int, itemsize: int) -> list[tuple[int, int, bool]]:
