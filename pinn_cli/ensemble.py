@@ -709,8 +709,9 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
             "equation": ens.equation.name, "elapsed_s": elapsed,
         }
 
-    log.info("ensemble of %d: equation=%s%s params/member=%d device=%s precision=%s %s",
-             n, ens.equation.name, f" {ens.key}={ens.values}" if ens.key else "", ens.n_params, ens.device,
+    log.info("ensemble of %d: equation=%s%s network=%s params/member=%d device=%s precision=%s %s",
+             n, ens.equation.name, f" {ens.key}={ens.values}" if ens.key else "", ens.net.describe(), ens.n_params,
+             ens.device,
              cfg.precision, "member by member (trainer.ensemble_chunk=1)" if ens.chunk == 1 else
              f"vmap over {ens.chunk} members at a time, derivatives {ens.engines()}")
     evs = evaluators(ens)

@@ -161,7 +161,7 @@ class MLP(nn.Module):
                 f"network.fourier_features={fourier_features!r} is invalid; it must be 0 (off) or a positive integer"
             )
         sigma = _per_input(fourier_sigma, in_dim)
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self.fourier_features = in_dim, out_dim, fourier_features
         self.act = make_activation(activation)
         sizes = [in_dim] + [width] * depth + [out_dim]
         acts: list[Activation] = [self.act] * depth
@@ -188,6 +188,17 @@ class MLP(nn.Module):
         hi = torch.tensor([b[1] for b in bounds] if bounds else [1.0] * in_dim)
         self.register_buffer("in_scale", 2.0 / (hi - lo))
         self.register_buffer("in_shift", -(hi + lo) / (hi - lo))
+
+    def describe(self) -> str:
+        """One line for the run log, e.g. ``mlp 32x4 tanh, residual, fourier 64``."""
+        first = 1 if self.fourier_features else 0
+        width, depth = self.layers[first].out_features, len(self.layers) - 1 - first
+        parts = [f"mlp {width}x{depth} {self.act.name}"]
+        if any(self.skips):
+            parts.append("residual")
+        if first:
+            parts.append(f"fourier {self.fourier_features}")
+        return ", ".join(parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x * self.in_scale + self.in_shift

@@ -44,7 +44,10 @@ def test_forward_is_residual_blocks():
 
 def test_fourier_embedding_is_not_a_skip():
     """The layer after a Fourier embedding changes width (2m -> width): no skip there."""
-    assert residual_net(fourier=3).skips == (False, False, True, True, True)
+    net = residual_net(fourier=3)
+    assert net.skips == (False, False, True, True, True)
+    assert net.describe() == "mlp 6x4 tanh, residual, fourier 3"
+    assert MLP(2, 1, width=16, depth=2).describe() == "mlp 16x2 tanh"
 
 
 @pytest.mark.parametrize("impl", ["traced", "fused"])
