@@ -129,7 +129,8 @@ class Problem:
         """Draw fresh training points for every term; ``adaptive``: the PDE points by RAD (when
         ``sampler.adaptive=rad``), where the current network's residual is large."""
         for term in self.terms:
-            ps = self._draw_rad(term, rng) if adaptive and self.rad and term is self.terms[0] else self._draw(term, rng)
+            rad = adaptive and self.rad is not None and term is self.terms[0]
+            ps = self._draw_rad(term, rng) if rad else self._draw(term, rng)
             term.x = torch.as_tensor(ps.x, device=self.device, dtype=self.dtype)
             term.normals = None if ps.normals is None else torch.as_tensor(ps.normals, device=self.device, dtype=self.dtype)
         if self.causal is not None:
