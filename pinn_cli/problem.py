@@ -138,8 +138,8 @@ class Problem:
 
     def _draw_rad(self, term: Term, rng: np.random.Generator) -> PointSet:
         """The PDE points: ``n_interior`` of a pool ``rad.pool`` times larger, kept by residual (RAD)."""
-        n = self.sampler.n_interior
-        pool = self.domain.interior(n * self.rad.pool, self.sampler.name, rng)
+        pool = self.domain.interior(self.sampler.n_interior * self.rad.pool, self.sampler.name, rng)
+        n = min(self.sampler.n_interior, len(pool.x))  # a grid sampler may give slightly fewer than asked
         x = torch.as_tensor(pool.x, device=self.device, dtype=self.dtype)
         keep = self.rad.choose(self.residual_norm(term, x), n, rng)
         log.debug("RAD: kept %d of %d candidate PDE points", n, len(x))

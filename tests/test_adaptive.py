@@ -72,6 +72,18 @@ def test_rad_redraw_keeps_pool_points_by_their_residual(monkeypatch):
     assert abs(eps[seen["keep"]].mean() / expected - 1) < 0.1, (eps[seen["keep"]].mean(), expected, eps.mean())
 
 
+def test_grid_pool_smaller_than_asked():
+    """A grid gives about n points (37 asked: 36); with rad_pool=1 RAD keeps what the pool holds."""
+    setup = build(make_cfg("equation=heat", "sampler=grid", "sampler.n_interior=37", "sampler.adaptive=rad",
+                           "sampler.resample_every=10", "sampler.rad_pool=1", "network.width=8"))
+    p = setup.problem
+    rng = np.random.default_rng(0)
+    p.sample(rng)
+    p.plan()
+    p.sample(rng, adaptive=True)
+    assert p.terms[0].x.shape == (36, 2)
+
+
 @pytest.mark.slow
 def test_rad_run_trains_and_resumes_bit_for_bit(tmp_path, monkeypatch):
     """A run with RAD redraws reaches a stated error, redraws when asked, and is reproducible across a
