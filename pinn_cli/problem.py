@@ -63,6 +63,12 @@ def mse(residual) -> torch.Tensor:
     return sum(r.square().mean() for r in residual)
 
 
+def pointwise_sq(residual, n: int) -> torch.Tensor:
+    """Squared residual at each of the ``n`` points, a system's residuals summed: (n,); its mean is ``mse``."""
+    rs = (residual,) if isinstance(residual, torch.Tensor) else residual
+    return sum(r.square().reshape(n, -1).mean(1) for r in rs)
+
+
 @dataclass
 class Causal:
     """Causal weighting of the PDE residual (Wang, Sankaran & Perdikaris 2022): the time interval is cut
@@ -152,8 +158,7 @@ class Problem:
         for xb in x.split(chunk):
             with grad:
                 r = term.residual(self.engine.fields(xb, term.needs, None, term.engine))
-                rs = (r,) if isinstance(r, torch.Tensor) else r
-                out.append(sum(t.detach().square().reshape(len(xb), -1).sum(1) for t in rs))
+                out.append(pointwise_sq(r, len(xb)).detach())
         return torch.cat(out).sqrt().to(torch.float64).cpu().numpy()
 
     def set_causal(self, chunks: int, eps: float) -> None:
@@ -292,8 +297,7 @@ class Problem:
             return m, m
         c = self.causal
         n = len(self.terms[0].x)
-        rs = (residual,) if isinstance(residual, torch.Tensor) else residual
-        sq = sum(r.square().reshape(n, -1).mean(1) for r in rs)
+        sq = pointwise_sq(residual, n)
         losses = c.chunk_losses(sq)
         w = c.frozen if c.frozen is not None else c.weights(losses)
         c.last = w

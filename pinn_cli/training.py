@@ -245,7 +245,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     n_params = sum(p.numel() for p in trainable(net))
     log.info(
         "equation=%s inputs=%s network=%s params=%d device=%s precision=%s engines=%s",
-        equation.name, ",".join(equation.inputs), getattr(net, "describe", lambda: cfg.network.name)(), n_params,
+        equation.name, ",".join(equation.inputs), net.describe(), n_params,
         setup.device, cfg.precision, ",".join(f"{t.name}:{t.engine}" for t in problem.terms),
     )
     progress = _Progress(total, bool(t_cfg.progress) and ctx.is_main, step)
