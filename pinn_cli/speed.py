@@ -64,8 +64,9 @@ class CompiledLoss:
 
     ``setting``: ``false`` never compiles; ``true`` (or a mode name) compiles at the first call;
     ``auto`` times the first eager calls and compiles only when the rest of the run, at that pace,
-    is several times longer than a compile costs (so a short run is never slowed down). The mode
-    is ``reduce-overhead`` (CUDA graphs) on CUDA and ``default`` elsewhere unless named. Any failure
+    is several times longer than a compile costs (so a short run is never slowed down), then times
+    the compiled calls the same way and goes back to eager if they are slower. The mode is
+    ``reduce-overhead`` (CUDA graphs) on CUDA and ``default`` elsewhere unless named. Any failure
     (at compile time or in the first backward) logs one warning and falls back to eager for good.
     """
 
@@ -81,10 +82,15 @@ class CompiledLoss:
         self.active: Callable | None = None
         self.decided = self.setting == "false"
         self._t_first: float | None = None
+        self.eager_pace: float | None = None  # s per call, measured by auto before compiling
+        self.compiled_pace: float | None = None  # s per call, measured by auto after compiling
+        self._compiled_at = 0
 
     def __call__(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not self.decided:
             self._decide()
+        elif self.eager_pace is not None and self.compiled_pace is None and self.active is not None:
+            self._compare()
         self.calls += 1
         if self.active is None or not torch.is_grad_enabled():  # no_grad would recompile: stay eager
             return self.fn()
@@ -106,8 +112,24 @@ class CompiledLoss:
             if projected < PAYBACK[self.device] * COMPILE_COST_S[self.device]:
                 return
             log.info("compiling the loss (%.0f s of eager steps ahead at %.1f ms/step)", projected, 1e3 * pace)
+            self.eager_pace, self._compiled_at = pace, self.calls + 1
         self.decided = True
         self.active = self._trial()
+
+    def _compare(self) -> None:
+        """auto: time as many compiled calls as eager ones were timed; stay compiled only if faster."""
+        since = self.calls - self._compiled_at
+        if since == 2:  # the compiling call and one more are not timed, like the eager warm-up
+            self._t_first = time.perf_counter()
+        if since < AUTO_WARMUP_CALLS:
+            return
+        self.compiled_pace = (time.perf_counter() - self._t_first) / (since - 2)
+        if self.compiled_pace >= self.eager_pace:
+            log.info("compiled loss ran at %.1f ms/step against %.1f eager: training goes on in eager mode",
+                     1e3 * self.compiled_pace, 1e3 * self.eager_pace)
+            self.active = None
+        else:
+            log.info("compiled loss: %.1f ms/step (eager %.1f)", 1e3 * self.compiled_pace, 1e3 * self.eager_pace)
 
     def _trial(self) -> Callable | None:
         """Compile and run one forward and backward; None (eager) with one warning if anything fails."""

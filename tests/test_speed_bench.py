@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -69,6 +70,30 @@ def test_auto_compiles_only_when_the_run_is_long(monkeypatch, calls_expected, co
     assert bool(seen) == compiles
     if compiles:
         assert seen[0]["mode"] is None  # CPU: default mode; CUDA would use reduce-overhead
+
+
+@pytest.mark.parametrize("eager_s, compiled_s, stays", [(0.0, 0.004, False), (0.004, 0.0, True)])
+def test_auto_goes_back_to_eager_when_compiled_calls_are_slower(monkeypatch, caplog, eager_s, compiled_s, stays):
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    ran = []
+
+    def timed(tag: str, seconds: float):
+        def loss():
+            ran.append(tag)
+            time.sleep(seconds)
+            total = (w ** 2).sum()
+            return total, [total]
+        return loss
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: timed("compiled", compiled_s))
+    compiled = CompiledLoss(timed("eager", eager_s), [w], "auto", 10**12, torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="pinn"):
+        for _ in range(3 * speed.AUTO_WARMUP_CALLS):
+            compiled()[0].backward()
+    assert (compiled.active is not None) == stays
+    assert compiled.compiled_pace is not None and (compiled.compiled_pace < compiled.eager_pace) == stays
+    assert ran[-1] == ("compiled" if stays else "eager")
+    assert any("eager mode" in r.message for r in caplog.records) != stays
 
 
 def test_compile_setting_values():
