@@ -81,9 +81,9 @@ class CompiledLoss:
         self.calls = 0
         self.active: Callable | None = None
         self.decided = self.setting == "false"
-        self._t_first: float | None = None
-        self.eager_pace: float | None = None  # s per call, measured by auto before compiling
-        self.compiled_pace: float | None = None  # s per call, measured by auto after compiling
+        self._stamps: list[float] = []  # call times in the window being timed
+        self.eager_pace: float | None = None  # fastest s per call, timed by auto before compiling
+        self.compiled_pace: float | None = None  # fastest s per call, timed by auto after compiling
         self._compiled_at = 0
 
     def __call__(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -100,30 +100,39 @@ class CompiledLoss:
             return total.clone(), [p.clone() for p in parts]  # replays overwrite graph outputs
         return self.active()
 
+    def _timed(self, since: int) -> list[float] | None:
+        """Call-to-call intervals once ``AUTO_WARMUP_CALLS`` calls have passed (the first two untimed)."""
+        if since >= 2:
+            self._stamps.append(time.perf_counter())
+        if since < AUTO_WARMUP_CALLS:
+            return None
+        stamps, self._stamps = self._stamps, []
+        return [b - a for a, b in zip(stamps, stamps[1:])]
+
     def _decide(self) -> None:
         if self.setting == "auto":
-            if self.calls == 2:
-                self._t_first = time.perf_counter()
-            if self.calls < AUTO_WARMUP_CALLS:
+            gaps = self._timed(self.calls)
+            if gaps is None:
                 return
-            pace = (time.perf_counter() - self._t_first) / (self.calls - 2)
-            projected = pace * max(self.calls_expected - self.calls, 0)
+            projected = sum(gaps) / len(gaps) * max(self.calls_expected - self.calls, 0)
             self.decided = True
             if projected < PAYBACK[self.device] * COMPILE_COST_S[self.device]:
                 return
-            log.info("compiling the loss (%.0f s of eager steps ahead at %.1f ms/step)", projected, 1e3 * pace)
-            self.eager_pace, self._compiled_at = pace, self.calls + 1
+            self.eager_pace, self._compiled_at = min(gaps), self.calls + 1
+            log.info("compiling the loss (%.0f s of eager steps ahead at %.1f ms/step)",
+                     projected, 1e3 * sum(gaps) / len(gaps))
         self.decided = True
         self.active = self._trial()
 
     def _compare(self) -> None:
-        """auto: time as many compiled calls as eager ones were timed; stay compiled only if faster."""
-        since = self.calls - self._compiled_at
-        if since == 2:  # the compiling call and one more are not timed, like the eager warm-up
-            self._t_first = time.perf_counter()
-        if since < AUTO_WARMUP_CALLS:
+        """auto: time as many compiled calls as eager ones; stay compiled only if its fastest call is faster.
+
+        The fastest call, not the mean, so that a burst of load from other processes during one
+        window cannot decide it."""
+        gaps = self._timed(self.calls - self._compiled_at)
+        if gaps is None:
             return
-        self.compiled_pace = (time.perf_counter() - self._t_first) / (since - 2)
+        self.compiled_pace = min(gaps)
         if self.compiled_pace >= self.eager_pace:
             log.info("compiled loss ran at %.1f ms/step against %.1f eager: training goes on in eager mode",
                      1e3 * self.compiled_pace, 1e3 * self.eager_pace)
