@@ -94,7 +94,8 @@ class AutogradFields(Fields):
 
     def __init__(self, net: nn.Module, x: torch.Tensor, inputs: Sequence[str], outputs: Sequence[str],
                  normals: torch.Tensor | None = None) -> None:
-        x = x.detach().requires_grad_(True)
+        if not x.requires_grad:  # a caller's x that requires grad stays in the graph (d/dx of a residual)
+            x = x.detach().requires_grad_(True)
         super().__init__(x, inputs, outputs, normals)
         with torch.enable_grad():
             values = net(x)

@@ -107,6 +107,7 @@ class Problem:
         self.sampler = sampler_cfg
         self.device, self.dtype = device, dtype
         self._passes: list[_Pass] = []  # forward-engine passes, set by plan()
+        self._planned_with: tuple | None = None  # the equation's coefficients when plan() ran
         self._compiled: CompiledLoss | None = None  # set by configure()
         self.causal: Causal | None = None  # set by set_causal()
         self.rad = adaptive.from_config(sampler_cfg)  # RAD redraws of the PDE points, or None
@@ -202,13 +203,40 @@ class Problem:
             term.engine = self.engine.resolve(term.needs)
             term.channels = self._channels(term) if term.engine == "forward" and term.needs else None
         self._passes = self._plan_passes()
+        self._planned_with = eq.coefficients()
+
+    def _replan_if_stale(self) -> None:
+        """Plan again when a coefficient changed since :meth:`plan` (a fused channel holds the old value)."""
+        if self._planned_with is None:
+            return
+        now = self.equation.coefficients()
+        same = len(now) == len(self._planned_with) and all(
+            a is b or not (torch.is_tensor(a) or torch.is_tensor(b)) and a == b for a, b in zip(now, self._planned_with))
+        if not same:
+            log.debug("equation coefficients changed since planning: planning the derivative channels again")
+            self.plan()
+
+    def _probe_points(self, term: Term, n: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Points on which a fused operator must hold: ``n`` of the term's points spread over the whole
+        set (a grid lists one coordinate slowest, a polygon's boundary one face at a time) and ``n``
+        anywhere in the domain's box with random unit normals, so that a coefficient that varies
+        over space, or a normal that varies from face to face, is never taken for a constant (points
+        are redrawn later). Drawn from a private generator: planning does not move the run's RNG."""
+        gen = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(term.x), generator=gen)[:n].to(term.x.device)
+        lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in (self.domain.lo, self.domain.hi))
+        anywhere = lo + torch.rand(n, len(lo), generator=gen, dtype=torch.float64) * (hi - lo)
+        x = torch.cat([term.x[pick].to(torch.float64), anywhere.to(term.x.device)])
+        if term.normals is None:
+            return x, None
+        turn = torch.nn.functional.normalize(torch.randn(n, term.normals.shape[1], generator=gen, dtype=torch.float64))
+        return x, torch.cat([term.normals[pick].to(torch.float64), turn.to(term.normals.device)])
 
     def _channels(self, term: Term) -> ForwardPlan:
         """The term's forward channels, with its constant-coefficient linear operator fused into one
         channel when the residual allows it (checked against the autograd engine in float64)."""
         eq = self.equation
-        n = min(32, len(term.x))
-        x, normals = term.x[:n], None if term.normals is None else term.normals[:n]
+        x, normals = self._probe_points(term)
         plain = ForwardPlan.build(term.needs)
         fused = constant_linear_part(term.residual, x, eq.inputs, eq.outputs, term.needs, normals)
         if not fused:
@@ -258,10 +286,12 @@ class Problem:
 
     def term_losses(self) -> list[torch.Tensor]:
         """Unweighted mean-square residual of each term, in ``self.terms`` order."""
+        self._replan_if_stale()
         return self._loss()[1]
 
     def loss(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Weighted total loss and the unweighted terms."""
+        self._replan_if_stale()
         return self._compiled() if self._compiled is not None else self._loss()
 
     def _loss(self) -> tuple[torch.Tensor, list[torch.Tensor]]:

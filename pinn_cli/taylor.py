@@ -122,9 +122,11 @@ def _seeds(plan: Plan, like: Tensor) -> Tensor:
     for k, lin in enumerate(plan.lin):
         for a, i in lin:
             rows[len(plan.dirs) + k][i] += a
-    seeds = torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(len(rows), plan.in_dim)
-    if not torch.compiler.is_compiling():
-        _SEEDS[key] = seeds
+    if torch.compiler.is_compiling():
+        return torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(len(rows), plan.in_dim)
+    with torch.inference_mode(False):  # a cached inference tensor would break every later backward
+        seeds = torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(len(rows), plan.in_dim)
+    _SEEDS[key] = seeds
     return seeds
 
 

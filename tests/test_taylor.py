@@ -329,3 +329,21 @@ def test_fused_blocks_agree_with_one_block(monkeypatch):
     monkeypatch.setattr(taylor, "BLOCK_BYTES", 6 * 8 * 3 * 5)  # 5 rows per block
     for a, b in zip(whole, run()):
         assert_close(b, a, "blocked")
+
+
+def test_a_first_call_under_inference_mode_does_not_break_training():
+    """The per-plan seed cache must not keep an inference tensor: a later call must backpropagate."""
+    from pinn_cli.derivatives import AutogradFields, ForwardFields
+
+    net = make_net(2, 1, 4, 2, "tanh", torch.float64, seed=7)
+    x = make_points(net, 5, seed=8)
+    needs = {(0, (1,)), (0, (0, 0)), (0, (0, 1))}  # a plan no other test builds first
+    with torch.inference_mode():
+        assert ForwardFields(net, x, ("x", "t"), ("u",), needs).u_xx.shape == (5,)
+    f = ForwardFields(net, x, ("x", "t"), ("u",), needs)
+    loss = (f.u_t - f.u_xx + f.u_tx).square().mean()
+    got = torch.autograd.grad(loss, list(net.parameters()), materialize_grads=True)
+    g = AutogradFields(net, x, ("x", "t"), ("u",))
+    want = torch.autograd.grad((g.u_t - g.u_xx + g.u_tx).square().mean(), list(net.parameters()), materialize_grads=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -84,6 +84,10 @@ class Equation:
         """Exact solution at points ``x`` (N, len(inputs)) -> (N, len(outputs))."""
         raise NotImplementedError
 
+    def coefficients(self) -> tuple:
+        """The coefficients' current values, in ``params`` order (a forward-engine plan fuses them in)."""
+        return tuple(getattr(self, k) for k in self.params)
+
     @property
     def terms(self) -> list[str]:
         return list(self.weights)

@@ -123,6 +123,9 @@ class Custom(Equation):
         if check_exact and self.has_exact:
             self._check_exact()
 
+    def coefficients(self) -> tuple:
+        return tuple(self.values.values())
+
     # ------------------------------------------------------------------ parsing
     def _field_symbols(self, expr: sympy.Basic, text, key: str, normals: bool) -> None:
         """Every free symbol of a residual-like expression must be an input, output, derivative or param."""
