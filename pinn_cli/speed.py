@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,10 +65,11 @@ class CompiledLoss:
 
     ``setting``: ``false`` never compiles; ``true`` (or a mode name) compiles at the first call;
     ``auto`` times the first eager calls and compiles only when the rest of the run, at that pace,
-    is several times longer than a compile costs (so a short run is never slowed down), then times
-    the compiled calls the same way and goes back to eager if they are slower. The mode is
-    ``reduce-overhead`` (CUDA graphs) on CUDA and ``default`` elsewhere unless named. Any failure
-    (at compile time or in the first backward) logs one warning and falls back to eager for good.
+    is several times longer than a compile costs (so a short run is never slowed down); it then
+    alternates compiled and eager calls for a while and keeps whichever is faster, so that load
+    from other processes hits both alike. The mode is ``reduce-overhead`` (CUDA graphs) on CUDA
+    and ``default`` elsewhere unless named. Any failure (at compile time or in the first
+    backward) logs one warning and falls back to eager for good.
     """
 
     def __init__(self, fn: LossFn, params: Sequence[torch.Tensor], setting, calls_expected: int,
@@ -81,64 +83,65 @@ class CompiledLoss:
         self.calls = 0
         self.active: Callable | None = None
         self.decided = self.setting == "false"
-        self._stamps: list[float] = []  # call times in the window being timed
-        self.eager_pace: float | None = None  # fastest s per call, timed by auto before compiling
-        self.compiled_pace: float | None = None  # fastest s per call, timed by auto after compiling
+        self._stamps: list[float] = []  # eager call times before compiling (auto)
+        self._race: dict[str, list[float]] | None = None  # auto after compiling: s per call of each kind
+        self._last: tuple[str, float] | None = None  # the kind and start of the previous raced call
         self._compiled_at = 0
+        self.paces: dict[str, float] = {}  # auto: median s per call, eager and compiled, once raced
 
     def __call__(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not self.decided:
             self._decide()
-        elif self.eager_pace is not None and self.compiled_pace is None and self.active is not None:
-            self._compare()
+        use = self.active
+        if self._race is not None and use is not None and torch.is_grad_enabled():
+            use = self._next_in_race()
         self.calls += 1
-        if self.active is None or not torch.is_grad_enabled():  # no_grad would recompile: stay eager
+        if use is None or not torch.is_grad_enabled():  # no_grad would recompile: stay eager
             return self.fn()
         if self.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-            total, parts = self.active()
+            total, parts = use()
             return total.clone(), [p.clone() for p in parts]  # replays overwrite graph outputs
-        return self.active()
-
-    def _timed(self, since: int) -> list[float] | None:
-        """Call-to-call intervals once ``AUTO_WARMUP_CALLS`` calls have passed (the first two untimed)."""
-        if since >= 2:
-            self._stamps.append(time.perf_counter())
-        if since < AUTO_WARMUP_CALLS:
-            return None
-        stamps, self._stamps = self._stamps, []
-        return [b - a for a, b in zip(stamps, stamps[1:])]
+        return use()
 
     def _decide(self) -> None:
         if self.setting == "auto":
-            gaps = self._timed(self.calls)
-            if gaps is None:
+            if self.calls >= 2:  # the first two calls warm up
+                self._stamps.append(time.perf_counter())
+            if self.calls < AUTO_WARMUP_CALLS:
                 return
-            projected = sum(gaps) / len(gaps) * max(self.calls_expected - self.calls, 0)
+            pace = (self._stamps[-1] - self._stamps[0]) / (len(self._stamps) - 1)
+            projected = pace * max(self.calls_expected - self.calls, 0)
             self.decided = True
             if projected < PAYBACK[self.device] * COMPILE_COST_S[self.device]:
                 return
-            self.eager_pace, self._compiled_at = min(gaps), self.calls + 1
-            log.info("compiling the loss (%.0f s of eager steps ahead at %.1f ms/step)",
-                     projected, 1e3 * sum(gaps) / len(gaps))
+            log.info("compiling the loss (%.0f s of eager steps ahead at %.1f ms/step)", projected, 1e3 * pace)
+            self._race, self._compiled_at = {"compiled": [], "eager": []}, self.calls
         self.decided = True
         self.active = self._trial()
 
-    def _compare(self) -> None:
-        """auto: time as many compiled calls as eager ones; stay compiled only if its fastest call is faster.
-
-        The fastest call, not the mean, so that a burst of load from other processes during one
-        window cannot decide it."""
-        gaps = self._timed(self.calls - self._compiled_at)
-        if gaps is None:
-            return
-        self.compiled_pace = min(gaps)
-        if self.compiled_pace >= self.eager_pace:
-            log.info("compiled loss ran at %.1f ms/step against %.1f eager: training goes on in eager mode",
-                     1e3 * self.compiled_pace, 1e3 * self.eager_pace)
-            self.active = None
-        else:
-            log.info("compiled loss: %.1f ms/step (eager %.1f)", 1e3 * self.compiled_pace, 1e3 * self.eager_pace)
+    def _next_in_race(self) -> Callable | None:
+        """auto after compiling: the function for this call, compiled and eager in turn, each timed
+        from its start to the next call's (its backward and the optimizer step included). After
+        ``AUTO_WARMUP_CALLS`` calls of each, keeps compiled only if its median call is faster."""
+        now = time.perf_counter()
+        race = self._race
+        if self._last is not None:
+            race[self._last[0]].append(now - self._last[1])
+        if min(len(v) for v in race.values()) >= AUTO_WARMUP_CALLS:
+            self.paces = {k: statistics.median(v) for k, v in race.items()}
+            self._race, self._last = None, None
+            faster = self.paces["compiled"] < self.paces["eager"]
+            log.info("compiled loss: %.1f ms/step, eager %.1f ms/step: training goes on %s",
+                     1e3 * self.paces["compiled"], 1e3 * self.paces["eager"],
+                     "compiled" if faster else "in eager mode")
+            if not faster:
+                self.active = None
+            return self.active
+        since = self.calls - self._compiled_at  # 0: the compiling call; 1: one untimed warm call
+        kind = "compiled" if since % 2 == 0 else "eager"
+        self._last = (kind, now) if since >= 2 else None
+        return self.active if kind == "compiled" else None
 
     def _trial(self) -> Callable | None:
         """Compile and run one forward and backward; None (eager) with one warning if anything fails."""
