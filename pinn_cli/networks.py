@@ -153,9 +153,7 @@ class MLP(nn.Module):
         residual: bool = False,
     ) -> None:
         super().__init__()
-        for key, val in (("network.width", width), ("network.depth", depth)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise PinnConfigError(f"{key}={val!r} is invalid; it must be a positive integer")
+        _check_size(width=width, depth=depth)
         if not isinstance(fourier_features, int) or isinstance(fourier_features, bool) or fourier_features < 0:
             raise PinnConfigError(
                 f"network.fourier_features={fourier_features!r} is invalid; it must be 0 (off) or a positive integer"
@@ -184,10 +182,7 @@ class MLP(nn.Module):
                 emb.weight.copy_(2 * math.pi * torch.cat([b, b]))
                 emb.bias.copy_(torch.cat([torch.zeros(fourier_features), torch.full((fourier_features,), math.pi / 2)]))
             emb.requires_grad_(False)
-        lo = torch.tensor([b[0] for b in bounds] if bounds else [-1.0] * in_dim)
-        hi = torch.tensor([b[1] for b in bounds] if bounds else [1.0] * in_dim)
-        self.register_buffer("in_scale", 2.0 / (hi - lo))
-        self.register_buffer("in_shift", -(hi + lo) / (hi - lo))
+        _register_scaling(self, in_dim, bounds)
 
     def describe(self) -> str:
         """One line for the run log, e.g. ``mlp 32x4 tanh, residual, fourier 64``."""
@@ -228,11 +223,87 @@ def _per_input(sigma, in_dim: int) -> list[float]:
     return values
 
 
+class ModifiedMLP(nn.Module):
+    """The modified MLP of Wang, Teng & Perdikaris (2021): two encoders U = act(W_u x + b_u) and
+    V = act(W_v x + b_v) gate every hidden layer, h <- z * U + (1 - z) * V with z = act(W h + b).
+
+    The gates carry the input into every layer multiplicatively, which eases the gradient
+    imbalance between loss terms that stalls plain MLPs on stiff problems. Inputs are scaled to
+    [-1, 1] like :class:`MLP`. Its derivatives come from the autograd engine (derivatives=auto).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 32, depth: int = 3, activation: str = "tanh",
+                 bounds: list[tuple[float, float]] | None = None) -> None:
+        super().__init__()
+        _check_size(width=width, depth=depth)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.act = make_activation(activation)
+        self.encode_u, self.encode_v = nn.Linear(in_dim, width), nn.Linear(in_dim, width)
+        self.layers = nn.ModuleList(nn.Linear(in_dim if k == 0 else width, width) for k in range(depth))
+        self.out = nn.Linear(width, out_dim)
+        for layer in (self.encode_u, self.encode_v, *self.layers, self.out):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        _register_scaling(self, in_dim, bounds)
+
+    def describe(self) -> str:
+        """One line for the run log, e.g. ``modified_mlp 32x3 tanh``."""
+        return f"modified_mlp {self.out.in_features}x{len(self.layers)} {self.act.name}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.in_scale + self.in_shift
+        u, v = self.act(self.encode_u(h)), self.act(self.encode_v(h))
+        for layer in self.layers:
+            z = self.act(layer(h))
+            h = v + z * (u - v)
+        return self.out(h)
+
+
+def _check_size(**sizes: int) -> None:
+    for key, val in sizes.items():
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise PinnConfigError(f"network.{key}={val!r} is invalid; it must be a positive integer")
+
+
+def _register_scaling(net: nn.Module, in_dim: int, bounds: list[tuple[float, float]] | None) -> None:
+    """Buffers ``in_scale``/``in_shift`` mapping the box ``bounds`` (default [-1, 1]) to [-1, 1]."""
+    lo = torch.tensor([b[0] for b in bounds] if bounds else [-1.0] * in_dim)
+    hi = torch.tensor([b[1] for b in bounds] if bounds else [1.0] * in_dim)
+    net.register_buffer("in_scale", 2.0 / (hi - lo))
+    net.register_buffer("in_shift", -(hi + lo) / (hi - lo))
+
+
+def _mlp(cfg, in_dim: int, out_dim: int, bounds, **fixed) -> MLP:
+    keys = {"fourier_features": cfg.get("fourier_features", 0), "fourier_sigma": cfg.get("fourier_sigma", 1.0),
+            "residual": cfg.get("residual", False), **fixed}
+    return MLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds, **keys)
+
+
+def _fourier_mlp(cfg, in_dim: int, out_dim: int, bounds) -> MLP:
+    m = cfg.get("fourier_features", 0)
+    if isinstance(m, int) and not isinstance(m, bool) and m == 0:
+        raise PinnConfigError("network=fourier_mlp needs network.fourier_features > 0 (the number of frequencies)")
+    return _mlp(cfg, in_dim, out_dim, bounds)
+
+
+def _resnet(cfg, in_dim: int, out_dim: int, bounds) -> MLP:
+    if cfg.get("residual", True) is not True:
+        raise PinnConfigError("network=resnet is an mlp with network.residual=true; use network=mlp for plain layers")
+    return _mlp(cfg, in_dim, out_dim, bounds)
+
+
+def _modified_mlp(cfg, in_dim: int, out_dim: int, bounds) -> ModifiedMLP:
+    return ModifiedMLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds)
+
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp, "fourier_mlp": _fourier_mlp, "resnet": _resnet, "modified_mlp": _modified_mlp,
+}
+
+
 def build_network(cfg, in_dim: int, out_dim: int, bounds=None) -> nn.Module:
-    """Build the network named by ``cfg.name`` from its config group."""
+    """Build the network named by ``cfg.name`` (``configs/network/<name>.yaml``)."""
     name = cfg.get("name", "mlp")
-    if name != "mlp":
-        raise PinnConfigError(f"network={name!r} is not known; choose from: mlp")
-    return MLP(in_dim, out_dim, width=cfg.width, depth=cfg.depth, activation=cfg.activation, bounds=bounds,
-               fourier_features=cfg.get("fourier_features", 0), fourier_sigma=cfg.get("fourier_sigma", 1.0),
-               residual=cfg.get("residual", False))
+    if name not in NETWORKS:
+        raise PinnConfigError(f"network={name!r} is not known; choose from: {', '.join(NETWORKS)}")
+    return NETWORKS[name](cfg, in_dim, out_dim, bounds)
