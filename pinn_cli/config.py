@@ -1,8 +1,11 @@
 """Checks on config values and the device/precision they name, each failing with one line."""
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import PinnConfigError
 
@@ -77,10 +80,59 @@ def validate(cfg: DictConfig) -> None:
         positive_int(t[key], f"trainer.{key}")
     positive_int(t.eval_points, "trainer.eval_points")
     positive_int(t.get("causal_chunks", 0), "trainer.causal_chunks", allow_zero=True)
-    if t.get("causal_chunks", 0):
-        positive_float(t.get("causal_eps", 1.0), "trainer.causal_eps")
+    positive_float(t.get("causal_eps", 1.0), "trainer.causal_eps")
+    for key in ("progress", "tf32"):
+        if not isinstance(t.get(key, False), bool):
+            raise PinnConfigError(f"trainer.{key}={t.get(key)!r} is invalid; it must be true or false")
+    positive_int((cfg.get("analysis") or {}).get("hessian_every", 0) or 0, "analysis.hessian_every", allow_zero=True)
     positive_float(o.lr, "optimizer.lr")
     positive_int(o.get("adam_steps", 0), "optimizer.adam_steps", allow_zero=True)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise PinnConfigError(f"seed={cfg.seed!r} is invalid; it must be an integer")
     resolve_dtype(cfg.precision)
+
+
+CHECKED_SECTIONS = ("trainer", "sampler", "network", "optimizer", "analysis")
+GROUPS = ("equation", "domain", "network", "sampler", "optimizer")
+
+
+def _paths(node, prefix: str) -> set[str]:
+    """Dotted paths of every key under a config node (lists are leaves)."""
+    out: set[str] = set()
+    if isinstance(node, DictConfig):
+        for key in node:
+            if key == "defaults":
+                continue
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.add(path)
+            out |= _paths(node._get_node(key), path)
+    return out
+
+
+def known_keys(root: Path) -> set[str]:
+    """Every key a run config may hold in the checked sections and at the top: those that
+    ``train.yaml``, the options of the network, optimizer and sampler groups and the
+    ``# @package _global_`` files (tuning, hparams_search) define."""
+    train = OmegaConf.load(root / "train.yaml")
+    known = {k for k in train if k != "defaults"} | set(GROUPS) | _paths(train, "")
+    for group in ("network", "optimizer", "sampler"):
+        for path in (root / group).glob("*.yaml"):
+            known |= _paths(OmegaConf.load(path), group)
+    for group in ("tuning", "hparams_search"):
+        for path in (root / group).glob("*.yaml"):
+            node = OmegaConf.load(path)
+            known |= {p for s in CHECKED_SECTIONS if s in node for p in _paths(node._get_node(s), s)}
+    return known
+
+
+def check_keys(cfg: DictConfig, root: Path) -> None:
+    """A key nobody reads (``+trainer.stpes=10``) is an error, not a silently ignored typo."""
+    known = known_keys(root)
+    given = {str(k) for k in cfg} | {p for s in CHECKED_SECTIONS if s in cfg for p in _paths(cfg._get_node(s), s)}
+    for key in sorted(given - known - {"hydra"}):
+        section, _, _ = key.rpartition(".")
+        peers = sorted(k for k in known if k.rpartition(".")[0] == section)
+        near = difflib.get_close_matches(key, peers, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        where = f"a key of {section}" if section else "a top-level key"
+        raise PinnConfigError(f"{key} is not {where}; {hint}known: {', '.join(p.rpartition('.')[2] for p in peers)}")

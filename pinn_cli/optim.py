@@ -43,7 +43,7 @@ class OptimizerSchedule:
         self.lbfgs_start_loss = None if start is None else positive_float(start, "optimizer.lbfgs.start_loss")
         self.lbfgs_scale: float | None = None
         self.lbfgs = torch.optim.LBFGS(
-            params, lr=lbfgs_lr, history_size=int(lb.get("history_size", 50)),
+            params, lr=lbfgs_lr, history_size=positive_int(lb.get("history_size", 50), "optimizer.lbfgs.history_size"),
             max_iter=1, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16,
         )
 

@@ -82,6 +82,7 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
         ("derivatives=magic", "derivatives='magic' is not known"),
         ("network.fourier_sigma=-1 network.fourier_features=8", "network.fourier_sigma=-1 is invalid"),
         ("trainer.causal_chunks=4 equation=poisson2d", "trainer.causal_chunks=4: equation poisson2d has no time input"),
+        ("+trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):

@@ -57,3 +57,41 @@ def test_network_config_builds():
     for act in ("tanh", "sin", "gelu", "silu", "identity"):
         setup = build(make_cfg(f"network.activation={act}", "device=cpu"))
         assert sum(p.numel() for p in setup.net.parameters()) > 0
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.causal_eps=abc", "trainer.causal_eps='abc' is invalid"),
+    ("analysis.hessian_every=-1", "analysis.hessian_every=-1 is invalid"),
+    ("analysis.hessian_every=abc", "analysis.hessian_every='abc' is invalid"),
+    ("trainer.progress=maybe", "trainer.progress='maybe' is invalid; it must be true or false"),
+    ("trainer.tf32=maybe", "trainer.tf32='maybe' is invalid"),
+    ("++equation.weights.pde=-1", "equation.weights.pde=-1 is invalid; it must be a non-negative number"),
+])
+def test_bad_values_name_their_key(override, expected):
+    from pinn_cli.errors import PinnConfigError
+
+    with pytest.raises(PinnConfigError, match=expected.replace("(", r"\(").replace(".", r"\.")):
+        build(make_cfg(override, "device=cpu"))
+
+
+def test_lbfgs_history_size_must_be_positive():
+    from pinn_cli.errors import PinnConfigError
+    from pinn_cli.optim import OptimizerSchedule
+
+    cfg = make_cfg("optimizer=adam_lbfgs", "optimizer.lbfgs.history_size=0", "device=cpu")
+    with pytest.raises(PinnConfigError, match="optimizer.lbfgs.history_size=0 is invalid"):
+        OptimizerSchedule(cfg.optimizer, list(build(cfg).net.parameters()), 10)
+
+
+def test_every_documented_key_is_known_and_a_typo_is_not():
+    from pinn_cli.config import check_keys
+    from pinn_cli.errors import PinnConfigError
+    from pinn_cli.paths import config_dir
+
+    for name in ("mlp", "fourier_mlp", "resnet", "modified_mlp"):
+        for eq in ("heat", "burgers", "helmholtz"):
+            check_keys(make_cfg(f"network={name}", f"equation={eq}"), config_dir())
+    for typo, hint in (("+network.widht=3", "network.width"), ("+optimizer.lbfgs.histroy=3", "history_size"),
+                       ("+sed=1", "seed")):
+        with pytest.raises(PinnConfigError, match=hint):
+            check_keys(make_cfg(typo), config_dir())

@@ -17,6 +17,7 @@ log = logging.getLogger("pinn")
 def train_task(cfg: DictConfig) -> float:
     """Run one job in Hydra's output directory; returns rel L2 (what sweepers minimise)."""
     from .. import distributed
+    from ..config import check_keys
     from ..summary import print_summary
     from ..training import run_training
 
@@ -27,6 +28,7 @@ def train_task(cfg: DictConfig) -> float:
         with open_dict(cfg):  # a YAML equation (defaults: [custom]) is named after its file
             cfg.equation.name = choice
     try:
+        check_keys(cfg, config_dir())
         if cfg.trainer.get("ensemble", 1) != 1 or cfg.trainer.get("ensemble_param"):
             from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)
 
@@ -50,6 +52,7 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), conf
 def main() -> None:
     """Hydra's entry point; under torchrun every rank joins the process group first (see distributed.py)."""
     from .. import distributed
+    from ..config import check_keys
 
     distributed.prepare_launch()
     try:

@@ -70,6 +70,10 @@ class Equation:
         unknown = [k for k in weights if k not in terms]
         if unknown:
             raise PinnConfigError(f"equation.weights.{unknown[0]} is not a loss term of {name}; terms: {', '.join(terms)}")
+        for key, value in weights.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+            if not ok:
+                raise PinnConfigError(f"equation.weights.{key}={value!r} is invalid; it must be a non-negative number")
         self.weights = {t: float(weights.get(t, 1.0)) for t in terms}
 
     def residual(self, f: Fields) -> torch.Tensor | Sequence[torch.Tensor]:
