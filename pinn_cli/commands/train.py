@@ -52,7 +52,6 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), conf
 def main() -> None:
     """Hydra's entry point; under torchrun every rank joins the process group first (see distributed.py)."""
     from .. import distributed
-    from ..config import check_keys
 
     distributed.prepare_launch()
     try:
