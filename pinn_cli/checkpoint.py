@@ -39,3 +39,11 @@ def load(path: Path, map_location="cpu") -> dict:
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
         raise PinnError(f"checkpoint {path} is not a pinn checkpoint")
     return obj
+
+
+def last_good(ckpt_dir: Path) -> str:
+    """The end of a divergence message: where the last good checkpoint is, or that none was saved."""
+    path = ckpt_dir / "last.pt"
+    if path.is_file():
+        return f"the last good checkpoint is {path}"
+    return "no checkpoint was saved before it (trainer.checkpoint_every sets how often one is)"

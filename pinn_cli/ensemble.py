@@ -780,7 +780,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     plots.plot_loss(history, members, run_dir / "loss_curve.png")
     if status == "diverged":
         raise PinnError(f"training diverged at step {step} (loss of member(s) {', '.join(map(str, bad))} is not "
-                        f"finite); the last good checkpoint is {ckpt_dir / 'last.pt'}")
+                        f"finite); {checkpoint.last_good(ckpt_dir)}")
     per_member, pred = member_metrics(ens, evs)
     out = summarise(ens, per_member, pred, evs,
                     extra=[{"final_loss": history[-1][f"loss_{m}"]} if history else {} for m in members])

@@ -24,7 +24,10 @@ def plot_loss(history: list[dict], terms: list[str], path: Path) -> None:
             ax.semilogy(s, e, "o--", label="rel L2 (eval)", color="tab:red", ms=3)
     ax.set_xlabel("step")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(steps):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("training history")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -314,7 +314,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     plots.plot_loss(history, term_names, run_dir / "loss_curve.png")
     if status == "diverged":
         raise PinnError(
-            f"training diverged at step {step} (loss is not finite); the last good checkpoint is {ckpt_dir / 'last.pt'}"
+            f"training diverged at step {step} (loss is not finite); {checkpoint.last_good(ckpt_dir)}"
         )
     metrics = evaluator.metrics(net)
     if not (ckpt_dir / "best.pt").exists() or metrics["rel_l2"] <= best:

@@ -141,8 +141,26 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(Problem, "loss", nan_after_25)
     cfg = make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=50", "sampler.n_interior=32",
                    "trainer.log_every=10", "trainer.eval_every=10", "trainer.checkpoint_every=10", *SHORT[:2])
-    with pytest.raises(PinnError, match="diverged at step 30"):
+    with pytest.raises(PinnError, match="diverged at step 30.*the last good checkpoint is .*last.pt"):
         run_training(cfg, tmp_path)
     state = checkpoint.load(tmp_path / "checkpoints/last.pt")
     assert state["step"] == 20
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    calls.clear()  # diverging before the first checkpoint: the message says none was saved
+    (tmp_path / "b").mkdir()
+    with pytest.raises(PinnError, match="diverged at step 30.*no checkpoint was saved before it"):
+        run_training(make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=50", "sampler.n_interior=32",
+                              "trainer.log_every=10", "trainer.checkpoint_every=40", *SHORT[:2]), tmp_path / "b")
+    assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+
+
+def test_an_empty_history_plots_without_a_warning(tmp_path):
+    """trainer.steps=0 logs no step: the loss plot says so instead of warning about an empty legend."""
+    import warnings
+
+    from pinn_cli import plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_loss([], ["pde", "bc"], tmp_path / "loss_curve.png")
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
