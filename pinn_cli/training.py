@@ -119,12 +119,17 @@ def _preemption_handler():
 
 
 class _Progress:
-    """A rich progress bar on a terminal; plain log lines otherwise."""
+    """A rich progress bar on a terminal; plain log lines otherwise.
+
+    While the bar runs, the console log handlers write through rich (lines appear above the bar
+    instead of into it) and show only the lines with a rel L2; files such as train.log still get a
+    line every ``trainer.log_every`` steps."""
 
     def __init__(self, total: int, enabled: bool, step: int = 0) -> None:
         self.enabled = enabled and sys.stdout.isatty()
         self.bar = None
         self.last = (time.perf_counter(), step)
+        self._consoles: list[tuple[logging.StreamHandler, object]] = []
         if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -135,6 +140,11 @@ class _Progress:
             )
             self.task = self.bar.add_task("train", total=total, loss="-", rel="-", speed="-")
             self.bar.start()
+            for h in logging.getLogger().handlers:
+                if type(h) is logging.StreamHandler and h.stream in (sys.__stdout__, sys.__stderr__):
+                    proxy = sys.stdout if h.stream is sys.__stdout__ else sys.stderr  # rich's, while the bar runs
+                    self._consoles.append((h, h.setStream(proxy)))
+                    h.addFilter(_bar_only_shows)
 
     def update(self, step: int, loss: float, rel: float | None, speed: float) -> None:
         if self.bar is not None:
@@ -144,19 +154,28 @@ class _Progress:
             self.bar.update(self.task, completed=step, **fields)
 
     def report(self, row: dict, what: str = "loss") -> None:
-        """Show a history row: the bar on a terminal, else a log line (always one when rel L2 was measured)."""
+        """Show a history row: the bar and a log line (on a terminal only when rel L2 was measured)."""
         now, step = time.perf_counter(), row["step"]
         speed = (step - self.last[1]) / max(now - self.last[0], 1e-9)
         self.last = (now, step)
         self.update(step, row["loss"], row["rel_l2"], speed)
-        if not self.enabled or row["rel_l2"] is not None:
-            rel = "" if row["rel_l2"] is None else f" {what.replace('loss', 'rel_l2')} {row['rel_l2']:.4e}"
-            causal = "" if row.get("causal_w_min") is None else f" causal_w_min {row['causal_w_min']:.2e}"
-            log.info("step %d %s %.4e%s lr %.2e%s %.0f it/s", step, what, row["loss"], rel, row["lr"], causal, speed)
+        rel = "" if row["rel_l2"] is None else f" {what.replace('loss', 'rel_l2')} {row['rel_l2']:.4e}"
+        causal = "" if row.get("causal_w_min") is None else f" causal_w_min {row['causal_w_min']:.2e}"
+        log.info("step %d %s %.4e%s lr %.2e%s %.0f it/s", step, what, row["loss"], rel, row["lr"], causal, speed,
+                 extra={"bar_shows_it": self.bar is not None and row["rel_l2"] is None})
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            for h, stream in self._consoles:
+                h.removeFilter(_bar_only_shows)
+                h.setStream(stream)
+            self._consoles = []
+
+
+def _bar_only_shows(record: logging.LogRecord) -> bool:
+    """Console filter while the bar runs: drop the step lines the bar already shows."""
+    return not getattr(record, "bar_shows_it", False)
 
 
 def _write_history(rows: list[dict], columns: list[str], path: Path) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -164,3 +166,32 @@ def test_an_empty_history_plots_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         plots.plot_loss([], ["pde", "bc"], tmp_path / "loss_curve.png")
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+
+
+def test_with_the_bar_the_log_file_keeps_every_line_and_the_console_only_evaluations(monkeypatch):
+    """On a terminal the bar shows each step; train.log must still get a line every log_every steps."""
+    import io
+    import logging
+
+    from pinn_cli import training
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    console, logfile = Tty(), io.StringIO()
+    root = logging.getLogger()
+    handlers = [logging.StreamHandler(console), logging.StreamHandler(logfile)]
+    monkeypatch.setattr(sys, "__stdout__", console)  # what Hydra's console handler writes to
+    monkeypatch.setattr(sys, "stdout", console)
+    monkeypatch.setattr(root, "handlers", handlers)
+    monkeypatch.setattr(root, "level", logging.INFO)
+    bar = training._Progress(100, enabled=True)
+    assert bar.bar is not None
+    for step, rel in ((10, None), (20, 0.5), (30, None)):
+        bar.report({"step": step, "loss": 1.0, "rel_l2": rel, "lr": 1e-3})
+    bar.close()
+    assert [ln.split()[1] for ln in logfile.getvalue().splitlines()] == ["10", "20", "30"]
+    shown = re.findall(r"step (\d+) loss \S+ (rel_l2 \S+ )?lr", console.getvalue())
+    assert shown == [("20", "rel_l2 5.0000e-01 ")]
+    assert handlers[0].stream is console and not handlers[0].filters  # restored after the bar
