@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"pinn {command}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `pinn list | head`: the reader stopped early, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as err:
         if user_full_error:
             raise

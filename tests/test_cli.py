@@ -40,6 +40,10 @@ def test_list_names_every_equation():
     assert res.returncode == 0
     for name in ("heat", "poisson2d", "ode_decay", "ode_bvp", "lhs", "sobol", "adam_lbfgs", "identity"):
         assert name in res.stdout
+    lines = res.stdout.splitlines()  # piped: one tab-separated line per entry, so grep finds whole entries
+    assert all(len(ln.split("\t")) == 3 for ln in lines)
+    assert {tuple(ln.split("\t")[:2]) for ln in lines} >= {("equation", "heat"), ("network", "modified_mlp")}
+    assert "usage: pinn list" in pinn("list", "--help").stdout
 
 
 def test_train_writes_a_complete_run_directory(tmp_path):

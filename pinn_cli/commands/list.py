@@ -21,22 +21,40 @@ def entries() -> dict[str, list[tuple[str, str]]]:
     return {g: [(p.stem, describe(p)) for p in sorted((root / g).glob("*.yaml"))] for g in GROUPS}
 
 
+def rows() -> list[tuple[str, str, str]]:
+    """(group, name, description) of every config option and of the notable keys."""
+    from ..networks import ACTIVATIONS
+
+    out = [(group, name, desc) for group, items in entries().items() for name, desc in items]
+    return out + [
+        ("network.activation", ", ".join(ACTIVATIONS), "pointwise activations of mlp"),
+        ("network.fourier_features", "0, m", "random Fourier-feature embedding of the inputs (m frequencies)"),
+        ("network.residual", "false, true", "hidden layers as residual blocks h <- h + act(W h + b)"),
+        ("sampler.adaptive", "none, rad", "resampled PDE points drawn where the residual is large (RAD)"),
+        ("trainer.causal_chunks", "0, n", "causal weighting of the PDE residual over n time chunks"),
+    ]
+
+
 def main(argv: list[str]) -> None:
+    """A table on a terminal; one tab-separated line per entry when piped (``pinn list | grep heat``)."""
+    import argparse
+    import sys
+
+    argparse.ArgumentParser(prog="pinn list", description=__doc__.split(":", 1)[1].strip()).parse_args(argv)
+    if not sys.stdout.isatty():
+        for row in rows():
+            print("\t".join(row))
+        return
     from rich.console import Console
     from rich.table import Table
-
-    from ..networks import ACTIVATIONS
 
     table = Table(show_header=True, header_style="bold")
     for col in ("group", "name", "description"):
         table.add_column(col)
-    for group, items in entries().items():
-        for name, desc in items:
-            table.add_row(group, name, desc)
-        table.add_section()
-    table.add_row("network.activation", ", ".join(ACTIVATIONS), "pointwise activations of mlp")
-    table.add_row("network.fourier_features", "0, m", "random Fourier-feature embedding of the inputs (m frequencies)")
-    table.add_row("network.residual", "false, true", "hidden layers as residual blocks h <- h + act(W h + b)")
-    table.add_row("sampler.adaptive", "none, rad", "resampled PDE points drawn where the residual is large (RAD)")
-    table.add_row("trainer.causal_chunks", "0, n", "causal weighting of the PDE residual over n time chunks")
+    last = None
+    for group, name, desc in rows():
+        if last is not None and group.split(".")[0] != last:
+            table.add_section()
+        table.add_row(group, name, desc)
+        last = group.split(".")[0]
     Console().print(table)
