@@ -30,6 +30,9 @@ def save(obj: dict, path: Path) -> None:
 def load(path: Path, map_location="cpu") -> dict:
     """Read a checkpoint, with a one-line error when it is missing or not a pinn checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; its checkpoints are in {path / 'checkpoints'}" if (path / "checkpoints").is_dir() else ""
+        raise PinnError(f"checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise PinnError(f"checkpoint {path} does not exist")
     try:

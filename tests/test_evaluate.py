@@ -9,6 +9,7 @@ import pytest
 from conftest import make_cfg
 from test_cli import pinn
 
+from pinn_cli import checkpoint
 from pinn_cli.commands import evaluate
 from pinn_cli.errors import PinnConfigError, PinnError
 from pinn_cli.training import run_training
@@ -90,6 +91,10 @@ def test_bad_run_directories_and_options(trained, tmp_path):
         evaluate.main([str(run), "evaluate.points=10"])
     with pytest.raises(PinnError, match="no run directory given"):
         evaluate.main([])
+    with pytest.raises(PinnError, match="metrics.json is a file; give a run directory"):
+        evaluate.main([str(run / "metrics.json")])
+    with pytest.raises(PinnError, match="is a directory, not a checkpoint file; its checkpoints are in"):
+        checkpoint.load(run)
 
 
 def test_cli_one_line_errors(tmp_path):

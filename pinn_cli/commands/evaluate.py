@@ -73,6 +73,8 @@ def open_run(run_dir: Path, ckpt: str | None = None, overrides: dict | None = No
     from .. import checkpoint
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PinnError(f"{run_dir} is a file; give a run directory (one with checkpoints/ and .hydra/)")
     if not run_dir.is_dir():
         raise PinnError(f"run directory {run_dir} does not exist")
     if ckpt is not None:
