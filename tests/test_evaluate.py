@@ -2,6 +2,7 @@
 directories fail with one line."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -112,3 +113,31 @@ def test_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--help"])
     assert exit_.value.code == 0 and "evaluate.resolution" in capsys.readouterr().out
+
+
+def test_an_older_best_checkpoint_is_described_as_itself(trained, tmp_path):
+    """metrics.json after evaluating best.pt from step 20 describes that model: steps, loss and time
+    of step 20; the training run's own figures stay under evaluate.training."""
+    run = fresh_copy(trained, tmp_path)
+    before = json.loads((run / "metrics.json").read_text())
+    state = checkpoint.load(run / "checkpoints/last.pt")
+    state.update(step=20, elapsed_s=1.25)
+    checkpoint.save(state, run / "checkpoints/best.pt")
+    evaluate.main([str(run)])
+    out = json.loads((run / "metrics.json").read_text())
+    with open(run / "history.csv", newline="") as fh:
+        loss_at_20 = next(float(r["loss"]) for r in csv.DictReader(fh) if float(r["step"]) == 20)
+    assert (out["steps"], out["wall_time_s"], out["final_loss"]) == (20, 1.25, loss_at_20)
+    training = out["evaluate"]["training"]
+    assert (training["steps"], training["final_loss"]) == (before["steps"], before["final_loss"])
+
+
+def test_without_metrics_json_every_figure_comes_from_the_checkpoint(trained, tmp_path):
+    run = fresh_copy(trained, tmp_path)
+    before = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    evaluate.main([str(run), "--checkpoint", "last.pt"])
+    out = json.loads((run / "metrics.json").read_text())
+    for key in ("rel_l2", "max_abs_error", "rmse", "steps", "final_loss", "status", "equation", "n_params"):
+        assert out[key] == before[key], key
+    assert abs(out["wall_time_s"] - before["wall_time_s"]) < 0.5 * before["wall_time_s"] + 0.5

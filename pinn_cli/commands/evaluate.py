@@ -15,6 +15,7 @@ from ..errors import PinnConfigError, PinnError
 
 USAGE = "usage: pinn evaluate <run_dir> [--checkpoint PATH] [evaluate.resolution=N] [device=cpu]"
 ERROR_KEYS = ("rel_l2", "max_abs_error", "rmse")
+MODEL_KEYS = ("steps", "final_loss", "wall_time_s")  # what describes the evaluated model besides its errors
 
 
 def parse_argv(argv: list[str], usage: str, defaults: dict, top_level: tuple[str, ...] = ()) -> tuple[
@@ -111,6 +112,21 @@ def read_history(run_dir: Path, state: dict) -> list[dict]:
     return list(state.get("history") or [])
 
 
+def checkpoint_figures(run_dir: Path, state: dict, cfg) -> dict:
+    """steps, final_loss, wall_time_s (and status) of the checkpoint's own model, so metrics.json
+    describes one model even when best.pt is older than the end of training."""
+    step = state.get("step")
+    out: dict = {"steps": step}
+    if state.get("elapsed_s") is not None:
+        out["wall_time_s"] = round(float(state["elapsed_s"]), 3)
+    rows = [r for r in read_history(run_dir, state) if r.get("step") is not None and r["step"] <= (step or 0)]
+    if rows and rows[-1].get("loss") is not None:
+        out["final_loss"] = rows[-1]["loss"]
+    if isinstance(step, int) and step >= cfg.trainer.steps:
+        out["status"] = "done"
+    return out
+
+
 def rel(path: Path, run_dir: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
@@ -118,19 +134,24 @@ def rel(path: Path, run_dir: Path) -> str:
         return str(path)
 
 
-def merge_metrics(run_dir: Path, new: dict, info: dict) -> dict:
-    """metrics.json with the recomputed figures replacing the old ones; the training run's own
-    figures are kept under ``evaluate.training`` (nothing written by training is lost)."""
+def _old_metrics(run_dir: Path) -> dict:
+    """metrics.json as the run left it ({} when missing or unreadable)."""
     path = run_dir / "metrics.json"
     try:
         old = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         old = {}
-    if not isinstance(old, dict):
-        old = {}
+    return old if isinstance(old, dict) else {}
+
+
+def merge_metrics(run_dir: Path, new: dict, info: dict) -> dict:
+    """metrics.json with the recomputed figures replacing the old ones; the training run's own
+    figures are kept under ``evaluate.training`` (nothing written by training is lost)."""
+    path = run_dir / "metrics.json"
+    old = _old_metrics(run_dir)
     training = (old.get("evaluate") or {}).get("training")
     if training is None:
-        training = {k: old[k] for k in (*ERROR_KEYS, "per_output", "members", "ensemble") if k in old}
+        training = {k: old[k] for k in (*ERROR_KEYS, *MODEL_KEYS, "per_output", "members", "ensemble") if k in old}
     merged = {**old, **new}
     matches = None
     if all(k in training for k in ERROR_KEYS):
@@ -188,9 +209,9 @@ def main(argv: list[str]) -> None:
         new, n_points = evaluate_single(cfg, state, run_dir, resolution)
     info = {"checkpoint": rel(path, run_dir), "step": state.get("step"), "eval_points": n_points,
             "resolution": resolution}
-    fresh = not (run_dir / "metrics.json").is_file()
-    if fresh:
-        new.setdefault("steps", state.get("step"))
+    figures = checkpoint_figures(run_dir, state, cfg)
+    if _old_metrics(run_dir).get("steps") != figures["steps"]:  # another model than training's last (or none)
+        new.update(figures)
     merged = merge_metrics(run_dir, new, info)
 
     training = merged["evaluate"]["training"]
