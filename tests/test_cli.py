@@ -120,3 +120,18 @@ def test_wheel_ships_the_configs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "pinn_cli/configs/train.yaml" in names
     assert "pinn_cli/configs/equation/heat.yaml" in names
+
+
+def test_a_failed_resume_keeps_the_earlier_hydra_record(tmp_path):
+    """Hydra rewrites .hydra/ at every start: the record of the run that wrote the checkpoint is copied
+    to .hydra/earlier/ first, so a failed resume into the same directory loses nothing."""
+    import yaml
+
+    run = tmp_path / "run"
+    assert pinn("train", f"hydra.run.dir={run}", *FAST).returncode == 0
+    first = (run / ".hydra" / "overrides.yaml").read_text()
+    res = pinn("train", f"hydra.run.dir={run}", *FAST, "trainer.resume=auto", "network.width=7")
+    assert res.returncode == 2 and "network.width" in res.stderr
+    (kept,) = (run / ".hydra" / "earlier").iterdir()
+    assert (kept / "overrides.yaml").read_text() == first
+    assert "network.width=7" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
