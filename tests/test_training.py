@@ -185,7 +185,13 @@ def test_with_the_bar_the_log_file_keeps_every_line_and_the_console_only_evaluat
     monkeypatch.setattr(sys, "__stdout__", console)  # what Hydra's console handler writes to
     monkeypatch.setattr(sys, "stdout", console)
     monkeypatch.setattr(root, "handlers", handlers)
-    monkeypatch.setattr(root, "level", logging.INFO)
+    pinn_log = logging.getLogger("pinn")  # other tests may have left it with a level or handlers of its own
+    for logger, level in ((root, logging.INFO), (pinn_log, logging.NOTSET)):
+        monkeypatch.setattr(logger, "level", logger.level)  # restored after the test
+        logger.setLevel(level)  # (setLevel also clears the loggers' cached isEnabledFor answers)
+    monkeypatch.setattr(pinn_log, "handlers", [])
+    monkeypatch.setattr(pinn_log, "propagate", True)
+    monkeypatch.setattr(pinn_log, "disabled", False)
     bar = training._Progress(100, enabled=True)
     assert bar.bar is not None
     for step, rel in ((10, None), (20, 0.5), (30, None)):
