@@ -218,6 +218,10 @@ def test_hessian_command_errors(run_dir, tmp_path):
         cmd.main([str(run_dir), "hessian.top_k=0"])
     with pytest.raises(PinnConfigError, match="hessian.topk is not an option"):
         cmd.main([str(run_dir), "hessian.topk=3"])
+    with pytest.raises(PinnConfigError, match="hessian.member=1 applies to ensemble runs"):
+        cmd.main([str(run_dir), "hessian.member=1"])
+    with pytest.raises(PinnConfigError, match="hessian.top_k=50 needs hessian.iters >= 50"):
+        cmd.main([str(run_dir), "hessian.top_k=50", "hessian.iters=10"])
     with pytest.raises(PinnError, match="does not exist"):
         cmd.main([str(tmp_path / "nowhere")])
     (tmp_path / "empty").mkdir()

@@ -18,9 +18,8 @@ ERROR_KEYS = ("rel_l2", "max_abs_error", "rmse")
 MODEL_KEYS = ("steps", "final_loss", "wall_time_s")  # what describes the evaluated model besides its errors
 
 
-def parse_argv(argv: list[str], usage: str, defaults: dict, top_level: tuple[str, ...] = ()) -> tuple[
-    Path, str | None, dict, dict
-]:
+def parse_argv(argv: list[str], usage: str, defaults: dict, top_level: tuple[str, ...] = (),
+               details: str = "") -> tuple[Path, str | None, dict, dict]:
     """``<run_dir> [--checkpoint PATH] [key=value ...]`` -> run dir, checkpoint, options, top-level keys.
 
     ``defaults`` maps dotted option names (``hessian.top_k``) to default values; values are parsed
@@ -30,8 +29,10 @@ def parse_argv(argv: list[str], usage: str, defaults: dict, top_level: tuple[str
 
     if any(a in ("-h", "--help") for a in argv):
         print(usage)
-        keys = ", ".join([*defaults, *top_level])
-        print(f"options (key=value): {keys}")
+        if details:
+            print(details.rstrip())
+        else:
+            print(f"options (key=value): {', '.join([*defaults, *top_level])}")
         raise SystemExit(0)
     run_dir, ckpt, opts, top = None, None, dict(defaults), {}
     it = iter(argv)

@@ -18,18 +18,22 @@ from .evaluate import open_run, parse_argv, rel
 USAGE = ("usage: pinn hessian <run_dir> [--checkpoint PATH] [hessian.top_k=5 hessian.iters=100 "
          "hessian.points=2048 hessian.terms=[pde,bc] ...] [device=cpu precision=float64 derivatives=auto]")
 
-DEFAULTS = {
-    "hessian.top_k": 5,            # largest eigenvalues reported
-    "hessian.iters": 100,          # Lanczos steps at most (top-k stops earlier once converged; SLQ runs all)
-    "hessian.tol": 1e-6,           # top-k converged when |beta s_m| <= tol * |lambda_max|
-    "hessian.points": 2048,        # at most this many training points per loss term (0 = all)
-    "hessian.chunk": 0,            # > 0: products streamed over chunks of this many points (less memory)
-    "hessian.terms": None,         # loss terms analysed besides the total (null = all of them)
-    "hessian.trace_samples": 50,   # Hutchinson probes (0 = no trace)
-    "hessian.slq_vectors": 3,      # stochastic Lanczos quadrature starts (0 = no density)
-    "hessian.seed": 0,
-    "hessian.member": 0,           # which member of an ensemble run
+OPTIONS = {  # key: (default, what it means), printed by --help
+    "hessian.top_k": (5, "largest eigenvalues reported"),
+    "hessian.iters": (100, "Lanczos steps at most (top-k stops earlier once converged; SLQ runs all)"),
+    "hessian.tol": (1e-6, "top-k converged when |beta s_m| <= tol * |lambda_max|"),
+    "hessian.points": (2048, "at most this many training points per loss term (0 = all of them)"),
+    "hessian.chunk": (0, "> 0: products streamed over chunks of this many points (less memory)"),
+    "hessian.terms": (None, "loss terms analysed besides the total (null = all of them)"),
+    "hessian.trace_samples": (50, "Hutchinson probes (0 = no trace)"),
+    "hessian.slq_vectors": (3, "stochastic Lanczos quadrature starts (0 = no density)"),
+    "hessian.seed": (0, "seed of the random start and probe vectors"),
+    "hessian.member": (0, "which member of an ensemble run"),
 }
+DEFAULTS = {key: default for key, (default, _) in OPTIONS.items()}
+DETAILS = "options (key=value):\n" + "\n".join(
+    f"  {k + '=' + ('null' if v[0] is None else str(v[0])):<26} {v[1]}" for k, v in OPTIONS.items()
+) + "\n  device, precision, derivatives: override the run's own settings"
 
 
 def _options(opts: dict) -> dict:
@@ -40,6 +44,9 @@ def _options(opts: dict) -> dict:
         out[key] = positive_int(opts[f"hessian.{key}"], f"hessian.{key}")
     for key in ("points", "chunk", "trace_samples", "slq_vectors", "member"):
         out[key] = positive_int(opts[f"hessian.{key}"], f"hessian.{key}", allow_zero=True)
+    if out["top_k"] > out["iters"]:
+        raise PinnConfigError(f"hessian.top_k={out['top_k']} needs hessian.iters >= {out['top_k']} "
+                              f"(Lanczos finds at most iters eigenvalues; it is {out['iters']})")
     if out["trace_samples"] == 1:
         raise PinnConfigError("hessian.trace_samples=1 is invalid; an interval needs 0 or at least 2 samples")
     out["tol"] = positive_float(opts["hessian.tol"], "hessian.tol", allow_zero=True)
@@ -80,6 +87,8 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
     setup = build(cfg)
     model, points = state["model"], state.get("points")
     ens = state.get("ensemble")
+    if not ens and o["member"]:
+        raise PinnConfigError(f"hessian.member={o['member']} applies to ensemble runs; {run_dir} holds one network")
     if ens:
         if o["member"] >= ens["n"]:
             raise PinnConfigError(f"hessian.member={o['member']} is out of range; this ensemble has {ens['n']} members")
@@ -140,7 +149,7 @@ def main(argv: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    run_dir, ckpt, opts, top = parse_argv(argv, USAGE, DEFAULTS, ("device", "precision", "derivatives"))
+    run_dir, ckpt, opts, top = parse_argv(argv, USAGE, DEFAULTS, ("device", "precision", "derivatives"), DETAILS)
     out = run(run_dir, ckpt, opts, top)
     table = Table(title=f"pinn hessian: {out['equation']}, {out['n_params']} parameters, step {out['step']}",
                   title_justify="left")
