@@ -128,6 +128,9 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
         checkpoint.save({"model": {}, "config": {}, "v": Boom()}, path)
     assert checkpoint.load(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    assert path.stat().st_mode & 0o777 == other.stat().st_mode & 0o777  # as readable as other run files
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
