@@ -77,6 +77,11 @@ def _one_line(err: BaseException) -> str:
         if group and options:
             return f"{group}={name!r} is not known; choose from: {', '.join(options)}"
         return f"config {missing.group(1)!r} not found"
+    primary = re.search(r"Cannot find primary config '([^']+)'", text)
+    if primary:
+        paths = re.findall(r"path=file://(\S+)", text)
+        where = f" in {', '.join(paths)}" if paths else ""
+        return f"config {primary.group(1)!r} (--config-name) not found{where}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
 
