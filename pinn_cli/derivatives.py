@@ -265,10 +265,10 @@ class RecordingFields(AutogradFields):
 
 
 def supports_forward(net: nn.Module, needs: Iterable[Key]) -> bool:
-    """True when the forward engine can serve ``needs`` on ``net`` (an MLP, orders <= 2)."""
-    from .networks import MLP
+    """True when the forward engine can serve ``needs`` on ``net`` (an MLP or modified MLP, orders <= 2)."""
+    from .networks import MLP, ModifiedMLP
 
-    return isinstance(net, MLP) and all(len(idx) <= 2 for _, idx in needs)
+    return isinstance(net, (MLP, ModifiedMLP)) and all(len(idx) <= 2 for _, idx in needs)
 
 
 class DerivativeEngine:
@@ -291,7 +291,7 @@ class DerivativeEngine:
             return "forward"
         if self.name == "forward":
             raise PinnConfigError(
-                "derivatives=forward supports network=mlp and derivatives up to order 2; "
+                "derivatives=forward supports the mlp family and modified_mlp, derivatives up to order 2; "
                 "use derivatives=auto or derivatives=autograd"
             )
         return "autograd"

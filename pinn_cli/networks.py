@@ -229,7 +229,7 @@ class ModifiedMLP(nn.Module):
 
     The gates carry the input into every layer multiplicatively, which eases the gradient
     imbalance between loss terms that stalls plain MLPs on stiff problems. Inputs are scaled to
-    [-1, 1] like :class:`MLP`. Its derivatives come from the autograd engine (derivatives=auto).
+    [-1, 1] like :class:`MLP`. The forward engine differentiates it through Taylor jets (jets.py).
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 32, depth: int = 3, activation: str = "tanh",

@@ -87,6 +87,12 @@ def taylor_channels(
     key = (net.in_dim, first, combos)
     plan = make_plan.__wrapped__(*key) if torch.compiler.is_compiling() else make_plan(*key)
     n = x.shape[0] if n_deriv is None else n_deriv
+    if not isinstance(net, MLP):  # a network with products (the modified MLP): traced jets
+        from .jets import channels
+
+        value, chans = channels(net, plan, x, n, _seeds(plan, x))
+        nd = len(plan.dirs)
+        return value, {i: chans[c] for i, c in plan.first_out}, list(chans[nd:])
     if impl == "auto":
         impl = "fused" if fused_ok(net, x) else "traced"
     if impl == "fused":

@@ -28,7 +28,7 @@ def test_network_builds_and_picks_its_engine(name):
                 "modified_mlp": (ModifiedMLP, "modified_mlp 32x3")}[name]
     assert isinstance(net, expected[0]) and expected[1] in net.describe()
     engines = {t.engine for t in setup.problem.terms}
-    assert engines == ({"autograd"} if name == "modified_mlp" else {"forward"})
+    assert engines == {"forward"}  # the modified MLP through Taylor jets (jets.py)
     total, _ = setup.problem.loss()
     assert torch.isfinite(total)
 
@@ -66,3 +66,35 @@ def test_modified_mlp_trains_heat_and_refuses_an_mlp_resume(tmp_path):
     with pytest.raises(PinnError, match="network.name"):
         run_training(make_cfg(*overrides[:1], "network=mlp", *overrides[2:], "trainer.steps=600",
                               f"trainer.resume={tmp_path / 'checkpoints' / 'last.pt'}"), tmp_path / "r2")
+
+
+@pytest.mark.parametrize("act", ["tanh", "sin", "gelu", "silu"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_modified_mlp_jets_match_nested_autograd(act, dtype, tol):
+    """The forward engine on the modified MLP (Taylor jets through its gates): every first and second
+    derivative, mixed ones and a fused operator channel, and their parameter gradients."""
+    from pinn_cli.derivatives import AutogradFields, ForwardFields, ForwardPlan
+
+    torch.manual_seed(0)
+    net = ModifiedMLP(3, 2, width=6, depth=3, activation=act, bounds=[(0, 1), (-1, 2), (0, 3)]).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(9, 3, dtype=dtype)
+    names, outs = ("x", "y", "t"), ("u", "v")
+    needs = {(o, idx) for o in (0, 1) for idx in [(0,), (1,), (2,), (0, 0), (0, 1), (1, 2), (2, 2)]}
+    fused = ForwardPlan.build({(0, (2,)), (0, (0, 0)), (0, (0, 1))}, {0: {(2,): 1.0, (0, 0): -0.1, (0, 1): 0.5}})
+    for f in (ForwardFields(net, x, names, outs, needs),
+              ForwardFields(net, x, names, outs, {(0, (2,)), (0, (0, 0)), (0, (0, 1))}, plan=fused)):
+        g = AutogradFields(net, x, names, outs)
+
+        def loss(fl):
+            return (fl.u_t - 0.1 * fl.u_xx + 0.5 * fl.u_xy).square().sum()
+
+        keys = needs if f._cache.keys() >= needs else set()
+        for k in keys:
+            torch.testing.assert_close(f.get(k), g.get(k), rtol=tol, atol=tol)
+        got = torch.autograd.grad(loss(f), list(net.parameters()), materialize_grads=True)
+        want = torch.autograd.grad(loss(g), list(net.parameters()), materialize_grads=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
