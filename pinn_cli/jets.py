@@ -35,7 +35,10 @@ def seed(xs: Tensor, scale: Tensor, seeds: Tensor, n_dirs: int) -> Jet:
 def linear(j: Jet, layer: torch.nn.Linear) -> Jet:
     """W u + b: the bias enters the value only."""
     wt = layer.weight.t()
-    return Jet(torch.addmm(layer.bias, j.value, wt), tuple(g @ wt for g in j.dirs), tuple(g @ wt for g in j.combos))
+    parts = [j.value, *j.dirs, *j.combos]
+    out = torch.cat(parts).mm(wt).split([len(t) for t in parts])
+    nd = len(j.dirs)
+    return Jet(out[0] + layer.bias, tuple(out[1:1 + nd]), tuple(out[1 + nd:]))
 
 
 def activation(j: Jet, act: Activation, quad: Sequence[Sequence[tuple[float, int, int]]]) -> Jet:
