@@ -578,7 +578,7 @@ class BatchedLBFGS:
 
     def step(self, loss_fn) -> tuple[Tensor, Tensor]:
         """One iteration for every member; returns the per-member loss (N,) and terms (N, T) at the
-        start of the iteration (what the history logs, as with torch's L-BFGS)."""
+        point the iteration ends at (the model a checkpoint saves, as a single run logs it)."""
         x = self._flat()
         if self._last is not None and torch.equal(self._last[0], x):
             _, f, parts, g = self._last
@@ -630,7 +630,7 @@ class BatchedLBFGS:
         self.done |= (f - f_new).abs() < self.tol_change
         self.n_iter += 1
         self._last = (x_new, f_new, p_new, g_new)
-        return f, parts
+        return f_new, p_new
 
     def state_dict(self) -> dict:
         return {"s": self.s, "y": self.y, "rho": self.rho, "h_diag": self.h_diag, "done": self.done,
@@ -648,7 +648,15 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     """Train ``trainer.ensemble`` members at once; writes the same run directory as ``run_training``
     (checkpoints, history.csv, metrics.json with every member, loss_curve.png, solution.png)."""
     from .optim import OptimizerSchedule
-    from .training import _preemption_handler, _Progress, _write_history, resample_due, resolve_resume
+    from .training import (
+        _preemption_handler,
+        _Progress,
+        _write_history,
+        refuse_used_run_dir,
+        resample_due,
+        resolve_resume,
+        row_due,
+    )
 
     run_dir = Path(run_dir)
     from . import distributed
@@ -685,6 +693,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     history: list[dict] = []
     step, best, elapsed_before = 0, math.inf, 0.0
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
+    refuse_used_run_dir(resume, run_dir)
     if resume is not None:
         state = checkpoint.load(resume)
         if state.get("ensemble", {}).get("n") != n or state["config"]["network"] != config_dict["network"]:
@@ -737,7 +746,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
                     totals, parts = lbfgs.step(ens.losses)
                 step += 1
                 is_last = step >= total
-                if step % t_cfg.log_every == 0 or is_last or stop.signal:
+                if row_due(t_cfg, step) or is_last or stop.signal:
                     now = time.perf_counter()
                     if not bool(torch.isfinite(totals).all()):
                         status = "diverged"
@@ -769,7 +778,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
                     progress.report(row, "mean loss")
                     if step % t_cfg.checkpoint_every == 0 or is_last or stop.signal:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
-                if stop.signal:
+                if stop.signal and not is_last:  # a signal during the last step: done, not preempted
                     stopped_by = signal.Signals(stop.signal).name
                     status = "preempted"
                     break
@@ -804,4 +813,5 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         log.info("member %d%s: rel_l2 %.4e max_abs_error %.4e", m["member"],
                  f" {ens.key}={m[f'equation.{ens.key}']:g}" if ens.key else f" seed {m['seed']}",
                  m["rel_l2"], m["max_abs_error"])
+    stop.chain(signal.Signals[stopped_by] if stopped_by else None)  # submitit requeues, as for a single run
     return metrics

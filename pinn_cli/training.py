@@ -196,6 +196,30 @@ def resample_due(cfg: DictConfig, step: int) -> bool:
     return bool(every) and step > 0 and step % every == 0
 
 
+def row_due(t_cfg, step: int) -> bool:
+    """Whether ``step`` gets a history row: every log_every, eval_every and checkpoint_every step
+    (an evaluation or checkpoint off the log grid still happens when it is due)."""
+    return any(step % t_cfg[k] == 0 for k in ("log_every", "eval_every", "checkpoint_every"))
+
+
+def steps_to_row(t_cfg, step: int, total: int) -> int:
+    """Optimizer steps from ``step`` to the next row (an L-BFGS block ends there)."""
+    return min(total, *(step + e - step % e for e in (t_cfg.log_every, t_cfg.eval_every, t_cfg.checkpoint_every))) - step
+
+
+def refuse_used_run_dir(resume: Path | None, run_dir: Path) -> None:
+    """A fresh run must not write over another run's checkpoints (nor name them as its own)."""
+    if resume is not None:
+        return
+    ctx = distributed.context()
+    old = [p.name for p in (run_dir / "checkpoints" / n for n in ("last.pt", "best.pt")) if p.is_file()]
+    if distributed.share(old if ctx.is_main else None):
+        raise PinnConfigError(
+            f"run directory {run_dir} already holds checkpoints of an earlier run; continue it with "
+            "trainer.resume=auto, or start afresh in another hydra.run.dir"
+        )
+
+
 def resolve_resume(value, run_dir: Path) -> Path | None:
     """``trainer.resume``: null (fresh), ``auto`` (last.pt of this run dir if present) or a path."""
     if value in (None, "", False, "none", "null"):
@@ -238,6 +262,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     history: list[dict] = []
     step, best, elapsed_before = 0, math.inf, 0.0
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
+    refuse_used_run_dir(resume, run_dir)
     if resume is not None:
         state = checkpoint.load(resume)
         _check_compatible(state, config_dict, resume)
@@ -282,7 +307,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     loss, parts = schedule.adam_step(loss_fn)
                     step += 1
                 else:
-                    chunk = min(t_cfg.log_every - step % t_cfg.log_every, total - step)
+                    chunk = steps_to_row(t_cfg, step, total)
                     problem.freeze_causal()
                     done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk)
                     if done == 0:
@@ -291,7 +316,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     step += max(done, 0)
                 is_last = step >= total
                 signalled = distributed.agree(stop.signal)
-                if step % t_cfg.log_every == 0 or is_last or signalled:
+                if row_due(t_cfg, step) or is_last or signalled:
                     lossv = loss.item()
                     now = time.perf_counter()
                     if not math.isfinite(lossv):
@@ -316,13 +341,17 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     progress.report(row)
                     if (step % t_cfg.checkpoint_every == 0 or is_last or signalled) and ctx.is_main:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
-                if signalled:
+                if signalled and not is_last:  # a signal during the last step: the run is done, not preempted
                     stopped_by = signal.Signals(signalled).name
                     status = "preempted"
                     break
         finally:
             progress.close()
     wall = elapsed_before + time.perf_counter() - t0
+    unlogged_loss = None  # trainer.steps=0 logs no row: the global loss then, computed on every rank
+    if not history and status == "done":
+        with torch.no_grad():
+            unlogged_loss = float(loss_fn()[0].item())
     if not ctx.is_main:  # rank 0 writes everything; the others return its metrics
         if status == "diverged":
             raise PinnError(f"training diverged at step {step} (loss is not finite)")
@@ -340,7 +369,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         checkpoint.save(snapshot(wall), ckpt_dir / "best.pt")
     if not (ckpt_dir / "last.pt").exists():
         checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
-    final_loss = history[-1]["loss"] if history else float(problem.loss()[0].item())
+    final_loss = history[-1]["loss"] if history else unlogged_loss
     metrics.update({
         "steps": step, "wall_time_s": round(wall, 3), "n_params": n_params,
         "device": str(setup.device), "final_loss": final_loss, "equation": equation.name,

@@ -103,6 +103,24 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, extra):
 
 
 @pytest.mark.slow
+def test_torchrun_without_steps_reports_the_global_loss(tmp_path):
+    """trainer.steps=0 logs no row: final_loss is the loss over all points, not rank 0's share."""
+    from pinn_cli.training import run_training
+
+    args = [*BASE, "trainer.steps=0"]
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pinn_cli", "train", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (tmp_path / "single").mkdir()
+    single = run_training(make_cfg(*args), tmp_path / "single")
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["final_loss"] == pytest.approx(single["final_loss"], rel=RTOL)
+
+
+@pytest.mark.slow
 def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     """`hydra.launcher.tasks_per_node=2` (here with submitit's local executor): the two tasks of the job join one
     process group through submitit's environment and train together, as `srun` tasks do on SLURM."""

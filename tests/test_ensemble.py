@@ -197,6 +197,20 @@ def test_lbfgs_phase_and_preemption_resume(tmp_path, monkeypatch):
     full = run_ensemble(make_cfg(*base), tmp_path / "full")
     rows = read_csv(tmp_path / "full/history.csv")
     assert full["status"] == "done" and float(rows[-1]["loss"]) < 0.5 * float(rows[1]["loss"])  # L-BFGS moves
+    from pinn_cli import checkpoint
+    from pinn_cli.ensemble import Ensemble
+
+    saved = checkpoint.load(tmp_path / "full/checkpoints/last.pt")
+    ens = Ensemble(make_cfg(*base))
+    ens.sample([np.random.default_rng(i) for i in range(2)])
+    ens.plan()
+    ens.choose_chunk("auto")
+    ens.load(saved["model"])
+    ens.load_points(saved["points"])
+    with torch.no_grad():
+        at_saved = ens.losses()[0].tolist()
+    logged = [m["final_loss"] for m in full["members"]]
+    assert logged == pytest.approx(at_saved, rel=1e-9)  # the loss of the saved model, not of the step before
     real, calls = OptimizerSchedule.adam_step, []
 
     def preempt(self, loss_fn):
@@ -206,8 +220,14 @@ def test_lbfgs_phase_and_preemption_resume(tmp_path, monkeypatch):
         return real(self, loss_fn)
 
     monkeypatch.setattr(OptimizerSchedule, "adam_step", preempt)
-    part = run_ensemble(make_cfg(*base), tmp_path / "part")
+    handed_on = []  # a handler installed before the run (submitit's) gets the signal once last.pt is written
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handed_on.append(signum))
+    try:
+        part = run_ensemble(make_cfg(*base), tmp_path / "part")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
     assert part["status"] == "preempted" and part["steps"] == 6
+    assert handed_on == [signal.SIGUSR1]
     monkeypatch.setattr(OptimizerSchedule, "adam_step", real)
     done = run_ensemble(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
     assert done["steps"] == 30

@@ -204,3 +204,41 @@ def test_with_the_bar_the_log_file_keeps_every_line_and_the_console_only_evaluat
     shown = re.findall(r"step (\d+) loss \S+ (rel_l2 \S+ )?lr", console.getvalue())
     assert shown == [("20", "rel_l2 5.0000e-01 ")]
     assert handlers[0].stream is console and not handlers[0].filters  # restored after the bar
+
+
+def test_evaluations_and_checkpoints_off_the_log_grid_happen_when_due(tmp_path, monkeypatch):
+    """eval_every=15 and checkpoint_every=15 with log_every=10: rows (and evaluations, checkpoints) at
+    10, 15, 20, 30, 40, 45, 50, 60, not only where the grids meet; a fresh run into a used directory
+    is refused; a signal during the last step leaves a finished run 'done'."""
+    import os
+    import signal
+
+    from pinn_cli.errors import PinnConfigError
+    from pinn_cli.optim import OptimizerSchedule
+
+    saved = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda obj, path: saved.append((obj["step"], path.name))
+                        or real_save(obj, path))
+    cfg = make_cfg("equation=ode_decay", "optimizer.adam_steps=25", "trainer.steps=60", "sampler.n_interior=32",
+                   "trainer.log_every=10", "trainer.eval_every=15", "trainer.checkpoint_every=15",
+                   "device=cpu", "precision=float64", "trainer.eval_points=200")
+    run_training(cfg, tmp_path / "a")
+    rows = list(csv.DictReader((tmp_path / "a" / "history.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [10, 15, 20, 30, 40, 45, 50, 60]
+    assert [int(r["step"]) for r in rows if r["rel_l2"]] == [15, 30, 45, 60]
+    assert [s for s, name in saved if name == "last.pt"] == [15, 30, 45, 60]
+    with pytest.raises(PinnConfigError, match="already holds checkpoints of an earlier run"):
+        run_training(cfg, tmp_path / "a")
+    real, calls = OptimizerSchedule.adam_step, []
+
+    def signal_in_last_step(self, loss_fn):
+        calls.append(1)
+        if len(calls) == 25:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(self, loss_fn)
+
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", signal_in_last_step)
+    short = run_training(make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=25", "sampler.n_interior=32",
+                                  "device=cpu", "precision=float64", "trainer.eval_points=200"), tmp_path / "b")
+    assert short["status"] == "done" and short["steps"] == 25 and "stopped_by" not in short
