@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install pinn with test and plotting extras
+install: $(STAMP)  ## create .venv and install pinn with its test extras (plotting is a core dependency)
 
 train: $(STAMP)  ## train the default problem (1D heat); ARGS="key=value ..." adds overrides
 	$(BIN)/pinn train $(ARGS)

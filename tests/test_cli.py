@@ -102,6 +102,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert expected in lines[0]
+    assert expected not in res.stdout  # said once (train.log keeps it too)
 
 
 def test_unknown_command():

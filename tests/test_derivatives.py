@@ -174,7 +174,7 @@ def _custom_problem(cfg_factory, engine: str, equation: dict, *extra: str, domai
     from pinn_cli.training import build
 
     cfg = cfg_factory("equation=custom", f"derivatives={engine}", "precision=float64", "device=cpu",
-                      "network.width=8", "network.depth=2", "+equation.check_exact=false", *extra)
+                      "network.width=8", "network.depth=2", "equation.check_exact=false", *extra)
     with open_dict(cfg):
         for key, value in equation.items():
             cfg.equation[key] = value

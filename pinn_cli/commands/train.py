@@ -14,6 +14,20 @@ from ..paths import config_dir
 log = logging.getLogger("pinn")
 
 
+FILE_ONLY = {"file_only": True}
+
+
+def _console_skips_file_only() -> None:
+    """Console handlers (Hydra's, on stdout/stderr) drop records marked ``FILE_ONLY``."""
+    for h in logging.getLogger().handlers:
+        if type(h) is logging.StreamHandler and _skip_file_only not in h.filters:
+            h.addFilter(_skip_file_only)
+
+
+def _skip_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 def train_task(cfg: DictConfig) -> float:
     """Run one job in Hydra's output directory; returns rel L2 (what sweepers minimise)."""
     from .. import distributed
@@ -21,6 +35,7 @@ def train_task(cfg: DictConfig) -> float:
     from ..summary import print_summary
     from ..training import run_training
 
+    _console_skips_file_only()
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     choice = hc.runtime.choices.get("equation")
@@ -35,11 +50,12 @@ def train_task(cfg: DictConfig) -> float:
             metrics = run_ensemble(cfg, run_dir)
         else:
             metrics = run_training(cfg, run_dir)
-    except PinnError as err:
-        log.error("%s", err)
+    except PinnError as err:  # into train.log (`pinn summarize` shows why a sweep job failed); the
+        log.error("%s", err, extra=FILE_ONLY)  # terminal gets the one line pinn's entry point prints
         raise
-    except Exception as err:  # into train.log too, so `pinn summarize` can show why a sweep job failed
-        log.error("%s: %s", type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")
+    except Exception as err:
+        log.error("%s: %s", type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "",
+                  extra=FILE_ONLY)
         raise
     if distributed.is_main():
         print_summary(metrics, run_dir)
