@@ -35,3 +35,21 @@ def _quiet_threads():
 
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
+
+
+def signal_at_adam_step(monkeypatch, n: int, signum: int | None = None) -> None:
+    """Make the n-th Adam step of the runs that follow send this process ``signum`` (SIGUSR1): a
+    preemption at an exact step."""
+    import signal
+
+    from pinn_cli.optim import OptimizerSchedule
+
+    real, calls = OptimizerSchedule.adam_step, []
+
+    def step(self, loss_fn):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signum or signal.SIGUSR1)
+        return real(self, loss_fn)
+
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", step)

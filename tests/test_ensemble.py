@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import make_cfg, signal_at_adam_step
 
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.ensemble import BatchedLBFGS, Ensemble, FuncFields, run_ensemble, settings
@@ -211,15 +210,8 @@ def test_lbfgs_phase_and_preemption_resume(tmp_path, monkeypatch):
         at_saved = ens.losses()[0].tolist()
     logged = [m["final_loss"] for m in full["members"]]
     assert logged == pytest.approx(at_saved, rel=1e-9)  # the loss of the saved model, not of the step before
-    real, calls = OptimizerSchedule.adam_step, []
-
-    def preempt(self, loss_fn):
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(self, loss_fn)
-
-    monkeypatch.setattr(OptimizerSchedule, "adam_step", preempt)
+    real = OptimizerSchedule.adam_step
+    signal_at_adam_step(monkeypatch, 6)
     handed_on = []  # a handler installed before the run (submitit's) gets the signal once last.pt is written
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handed_on.append(signum))
     try:

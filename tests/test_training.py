@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import make_cfg, signal_at_adam_step
 
 from pinn_cli import checkpoint
 from pinn_cli.errors import PinnError
@@ -66,8 +66,6 @@ def _params(path):
 @pytest.mark.parametrize("optimizer", ["optimizer=adam", "optimizer.adam_steps=30"])
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, optimizer):
     """Preempt (SIGUSR1) at step 20, resume with trainer.resume=auto: same weights and history as one run."""
-    import os
-    import signal
 
     from pinn_cli.optim import OptimizerSchedule
 
@@ -75,15 +73,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, optimizer):
             "sampler.resample_every=10", "trainer.log_every=10", "trainer.eval_every=20",
             "trainer.checkpoint_every=20", "device=cpu", "precision=float64", "trainer.eval_points=200"]
     run_training(make_cfg(*base, "trainer.steps=60"), tmp_path / "full")
-    real, calls = OptimizerSchedule.adam_step, []
-
-    def preempt_at_20(self, loss_fn):
-        calls.append(1)
-        if len(calls) == 20:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(self, loss_fn)
-
-    monkeypatch.setattr(OptimizerSchedule, "adam_step", preempt_at_20)
+    real = OptimizerSchedule.adam_step
+    signal_at_adam_step(monkeypatch, 20)
     part = run_training(make_cfg(*base, "trainer.steps=60"), tmp_path / "part")
     assert part["status"] == "preempted" and part["steps"] == 20
     monkeypatch.setattr(OptimizerSchedule, "adam_step", real)
@@ -210,11 +201,8 @@ def test_evaluations_and_checkpoints_off_the_log_grid_happen_when_due(tmp_path, 
     """eval_every=15 and checkpoint_every=15 with log_every=10: rows (and evaluations, checkpoints) at
     10, 15, 20, 30, 40, 45, 50, 60, not only where the grids meet; a fresh run into a used directory
     is refused; a signal during the last step leaves a finished run 'done'."""
-    import os
-    import signal
 
     from pinn_cli.errors import PinnConfigError
-    from pinn_cli.optim import OptimizerSchedule
 
     saved = []
     real_save = checkpoint.save
@@ -230,15 +218,7 @@ def test_evaluations_and_checkpoints_off_the_log_grid_happen_when_due(tmp_path, 
     assert [s for s, name in saved if name == "last.pt"] == [15, 30, 45, 60]
     with pytest.raises(PinnConfigError, match="already holds checkpoints of an earlier run"):
         run_training(cfg, tmp_path / "a")
-    real, calls = OptimizerSchedule.adam_step, []
-
-    def signal_in_last_step(self, loss_fn):
-        calls.append(1)
-        if len(calls) == 25:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(self, loss_fn)
-
-    monkeypatch.setattr(OptimizerSchedule, "adam_step", signal_in_last_step)
+    signal_at_adam_step(monkeypatch, 25)  # the last step
     short = run_training(make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=25", "sampler.n_interior=32",
                                   "device=cpu", "precision=float64", "trainer.eval_points=200"), tmp_path / "b")
     assert short["status"] == "done" and short["steps"] == 25 and "stopped_by" not in short
