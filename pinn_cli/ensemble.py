@@ -671,6 +671,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     total = t_cfg.steps
     rngs = [np.random.default_rng(int(cfg.seed) + i) for i in range(n)]
     ens.sample(rngs)
+    ens.setups[0].problem.check_exact_solution()
     ens.plan()
     ens.choose_chunk(t_cfg.get("ensemble_chunk", "auto"))
     params = [p for p in ens.params.values() if p.requires_grad]

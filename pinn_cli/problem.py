@@ -143,6 +143,34 @@ class Problem:
         if self.causal is not None:
             self.causal.assign(self.terms[0].x)
 
+    def check_exact_solution(self, tol: float = 1e-6) -> None:
+        """The equation's exact solution must satisfy every condition on the points this domain gives
+        (float64, up to 256 points a term). A domain or ``domain.bounds`` that moves a boundary or the
+        initial time away from where the solution was derived makes rel L2 meaningless: refuse it."""
+        eq = self.equation
+        if not eq.has_exact or not getattr(eq, "check_exact", True):
+            return
+
+        def exact(x: torch.Tensor) -> torch.Tensor:
+            return eq.exact(x)
+
+        for term in self.terms[1:]:
+            if term.x is None or not len(term.x):
+                continue
+            pick = torch.linspace(0, len(term.x) - 1, min(256, len(term.x))).long()
+            x = term.x[pick].detach().to(torch.float64)
+            normals = None if term.normals is None else term.normals[pick].detach().to(torch.float64)
+            f = AutogradFields(exact, x, eq.inputs, eq.outputs, normals)
+            res = term.residual(f)
+            worst = max(float(r.detach().abs().max()) for r in (res if isinstance(res, (tuple, list)) else (res,)))
+            scale = 1 + float(exact(x).abs().max())
+            if not worst <= tol * scale:
+                raise PinnConfigError(
+                    f"equation {eq.name}'s exact solution misses its condition {term.name!r} on this domain "
+                    f"(|residual| up to {worst:.3g}): its exact solution holds on its own domain and time "
+                    "interval only; use those (or a custom equation without an exact solution)"
+                )
+
     def _draw_rad(self, term: Term, rng: np.random.Generator) -> PointSet:
         """The PDE points: ``n_interior`` of a pool ``rad.pool`` times larger, kept by residual (RAD)."""
         pool = self.domain.interior(self.sampler.n_interior * self.rad.pool, self.sampler.name, rng)

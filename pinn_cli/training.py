@@ -240,6 +240,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     total = t_cfg.steps
     rng = np.random.default_rng(cfg.seed)
     problem.sample(rng)
+    problem.check_exact_solution()
     problem.plan()
     causal = int(t_cfg.get("causal_chunks", 0) or 0)
     if causal and ctx.distributed:

@@ -107,3 +107,25 @@ def test_tuning_sets_training_defaults_per_equation_and_the_command_line_wins():
     cfg = make_cfg("equation=burgers", "trainer.steps=7", "network.depth=2", "optimizer=adam")
     assert cfg.trainer.steps == 7 and cfg.network.depth == 2 and cfg.optimizer.name == "adam"
     assert make_cfg("equation=helmholtz").network.activation == "sin"
+
+
+@pytest.mark.parametrize("overrides, misses", [
+    (["equation=poisson2d", "domain=disk"], None),  # boundary values from the exact solution: any domain
+    (["equation=poisson2d", "domain=polygon"], None),
+    (["equation=heat2d", "domain=rectangle_time"], None),
+    (["equation=heat", "domain.bounds.t=[0,2]"], None),  # a longer time interval keeps the solution
+    (["equation=heat", "domain.bounds.t=[0.5,1]"], "'ic'"),  # u(x,0) data at t = 0.5
+    (["equation=burgers", "domain.bounds.x=[-0.5,0.5]"], "'bc'"),
+    (["equation=wave", "domain.bounds.x=[0,0.75]"], "'bc'"),
+])
+def test_the_exact_solution_must_hold_on_the_chosen_domain(overrides, misses):
+    """rel L2 is only meaningful when the exact solution meets every condition on the domain in use."""
+    from pinn_cli.errors import PinnConfigError
+
+    setup = build(make_cfg(*overrides, "device=cpu"))
+    setup.problem.sample(np.random.default_rng(0))
+    if misses is None:
+        setup.problem.check_exact_solution()
+    else:
+        with pytest.raises(PinnConfigError, match=f"exact solution misses its condition {misses} on this domain"):
+            setup.problem.check_exact_solution()

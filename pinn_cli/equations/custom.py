@@ -120,6 +120,7 @@ class Custom(Equation):
         self.params = {}                      # the base class sets no attributes; values live in self.values
         super().__init__(name, {k: v for k, v in bounds.items() if k in self.inputs}, weights)
         self.params = dict(self.values)
+        self.check_exact = bool(check_exact)
         if check_exact and self.has_exact:
             self._check_exact()
 

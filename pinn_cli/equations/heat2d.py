@@ -31,7 +31,8 @@ def bessel_modes(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 class Heat2D(Equation):
-    """Heat u_t = alpha (u_xx + u_yy) on the unit disk x [0,1], u = 0 on the rim.
+    """Heat u_t = alpha (u_xx + u_yy) on the unit disk x [0,1], u = 0 on the rim. Initial and
+    boundary values come from the exact solution, so it also holds on other domains and times.
 
     Exact: u = e^{-alpha j01^2 t} J0(j01 r) + (1/2) e^{-alpha j11^2 t} J1(j11 r) cos θ.
     """
@@ -45,8 +46,8 @@ class Heat2D(Equation):
 
     def conditions(self):
         return [
-            Condition("ic", "initial", lambda f: f.u - self._u(f.x, f.y, torch.zeros_like(f.x))),
-            Condition("bc", "boundary", lambda f: f.u),
+            Condition("ic", "initial", lambda f: f.u - self._u(f.x, f.y, f.t)),
+            Condition("bc", "boundary", lambda f: f.u - self._u(f.x, f.y, f.t)),  # 0 on the unit circle
         ]
 
     def _u(self, x, y, t):
