@@ -357,11 +357,11 @@ class Domain:
         counts = _allot(n, np.array([m for m, _, _ in pieces], float))
         sets = []
         for (_, p, fn), m in zip(pieces, counts):
-            if m == 0:
-                continue
             d = p + (1 if timed else 0)
             if d == 0:
-                m = 1                                   # an end point of an interval: one point is all there is
+                m = 1                                   # an end point of an interval: one point, always
+            if m == 0:
+                continue
             u = sample_unit(sampler, m, d, rng)
             xs, nrm = fn(u[:, :p])
             sets.append(self._join(xs, u[:, p] if timed else None, normals=nrm))
@@ -386,11 +386,11 @@ class Domain:
         if not keep.any():
             raise PinnConfigError(f"a condition's 'where' selects none of the {where} points of {self.describe()}")
         frac = keep.mean()
-        if len(pilot) < n:                       # a finite set (interval end points): it is all there is
-            return pilot.take(keep)
-        if sampler == "grid":
+        if sampler == "grid":                    # a denser grid whose selected part holds about n points
             ps = draw(max(1, round(n / frac)), sampler, rng)
             return ps.take(np.asarray(select(ps.x), bool))
+        if len(pilot) < n:                       # a finite set (interval end points): it is all there is
+            return pilot.take(keep)
         ps = draw(math.ceil(n / frac * 1.2) + 16, sampler, rng)
         got = [ps.take(np.asarray(select(ps.x), bool))]
         have = len(got[0])

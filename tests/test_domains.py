@@ -209,3 +209,24 @@ def test_build_domain_default_l_shape():
         bounds = {"x": (0.0, 2.0), "y": (0.0, 2.0)}
     dom = build_domain({"name": "polygon", "vertices": None}, Eq)
     assert abs(dom.shape.area - 3.0) < 1e-12 and abs(dom.fraction - 0.75) < 1e-12
+
+
+def test_one_boundary_point_on_an_interval_still_pins_both_ends():
+    from pinn_cli.domains import build_domain
+    from pinn_cli.training import build_equation
+
+    cfg = make_cfg("equation=ode_bvp")
+    dom = build_domain(cfg.domain, build_equation(cfg.equation))
+    ends = dom.boundary(1, "lhs", np.random.default_rng(0)).x[:, 0]
+    assert sorted(ends.tolist()) == [dom.lo[0], dom.hi[0]]
+
+
+def test_grid_with_a_selected_face_gives_about_the_points_asked():
+    """A grid rounds n (200 -> 196); that must not be taken for a finite set (which keeps one draw)."""
+    from pinn_cli.domains import build_domain
+    from pinn_cli.training import build_equation
+
+    cfg = make_cfg("equation=taylor_green", "domain=rectangle_time")
+    dom = build_domain(cfg.domain, build_equation(cfg.equation))
+    face = dom.boundary(200, "grid", np.random.default_rng(0), select=lambda x: np.abs(x[:, 0] - dom.hi[0]) < 1e-9)
+    assert 150 <= len(face) <= 250

@@ -83,7 +83,7 @@ class Custom(Equation):
         if inputs is None and residual is None:
             spec = EXAMPLE
             inputs, outputs, bounds = spec["inputs"], spec["outputs"], spec["bounds"]
-            params = {**spec["params"], **(params or {})}  # equation.params.alpha=0.2 applies to the example
+            params = {**spec["params"], **(params or {})}  # +equation.params.alpha=0.2 applies to the example
             residual, conditions, exact = spec["residual"], spec["conditions"], spec["exact"]
         for key, val in (("inputs", inputs), ("residual", residual), ("bounds", bounds)):
             if val is None:
