@@ -796,7 +796,11 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
                     extra=[{"final_loss": history[-1][f"loss_{m}"]} if history else {} for m in members])
     mean_rel = out["rel_l2"]
     if not (ckpt_dir / "best.pt").exists() or mean_rel <= best:
+        improved = mean_rel < best
+        best = min(best, mean_rel)
         checkpoint.save(snapshot(wall), ckpt_dir / "best.pt")
+        if improved and (ckpt_dir / "last.pt").exists():  # the same model: its record of the best must agree
+            checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     if not (ckpt_dir / "last.pt").exists():
         checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     final_loss = history[-1]["loss"] if history else float(ens.losses()[0].mean())

@@ -367,7 +367,11 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         )
     metrics = evaluator.metrics(net)
     if not (ckpt_dir / "best.pt").exists() or metrics["rel_l2"] <= best:
+        improved = metrics["rel_l2"] < best
+        best = min(best, metrics["rel_l2"])
         checkpoint.save(snapshot(wall), ckpt_dir / "best.pt")
+        if improved and (ckpt_dir / "last.pt").exists():  # the same model: its record of the best must agree
+            checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     if not (ckpt_dir / "last.pt").exists():
         checkpoint.save(snapshot(wall), ckpt_dir / "last.pt")
     final_loss = history[-1]["loss"] if history else unlogged_loss

@@ -222,3 +222,16 @@ def test_evaluations_and_checkpoints_off_the_log_grid_happen_when_due(tmp_path, 
     short = run_training(make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=25", "sampler.n_interior=32",
                                   "device=cpu", "precision=float64", "trainer.eval_points=200"), tmp_path / "b")
     assert short["status"] == "done" and short["steps"] == 25 and "stopped_by" not in short
+
+
+def test_a_preempted_run_records_its_final_evaluation_as_the_best(tmp_path, monkeypatch):
+    """Stopped between evaluations, the run's end-of-run evaluation may be its best: best.pt and
+    last.pt (which a resume reads) must both record it, or a resume could overwrite a better best.pt."""
+    signal_at_adam_step(monkeypatch, 15)
+    part = run_training(make_cfg("equation=ode_decay", "optimizer=adam", "trainer.steps=40", "sampler.n_interior=32",
+                                 "trainer.log_every=10", "trainer.eval_every=10", "optimizer.lr=1e-2",
+                                 "device=cpu", "precision=float64", "trainer.eval_points=200"), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "history.csv").read_text().splitlines()))
+    assert part["status"] == "preempted" and part["rel_l2"] < float(rows[0]["rel_l2"])  # better than step 10
+    for name in ("best.pt", "last.pt"):
+        assert checkpoint.load(tmp_path / "checkpoints" / name)["best_rel_l2"] == part["rel_l2"], name
