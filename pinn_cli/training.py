@@ -67,12 +67,27 @@ def build(cfg: DictConfig) -> Setup:
     torch.manual_seed(cfg.seed)
     equation = build_equation(cfg.equation)
     domain = build_domain(cfg.domain, equation)
+    _check_initial_time(equation, domain)
     bounds = domain.bounds   # the domain's bounding box per input: network inputs are scaled from it
     net = build_network(cfg.network, len(equation.inputs), len(equation.outputs), bounds).to(device, dtype)
     engine = DerivativeEngine(cfg.derivatives, net, equation.inputs, equation.outputs)
     problem = Problem(equation, domain, net, engine, cfg.sampler, device, dtype)
     evaluator = Evaluator(equation, domain, cfg.trainer.eval_points, device, dtype)
     return Setup(cfg, device, dtype, equation, domain, net, problem, evaluator)
+
+
+def _check_initial_time(equation, domain) -> None:
+    """Initial conditions are posed at the equation's t0: a domain starting elsewhere would apply
+    them at another time (``domain.bounds.t=[0.5,1]``); moving t0 is ``equation.bounds.t``'s job."""
+    if equation.time is None or domain.t_bounds is None:
+        return
+    t_eq, t_dom = equation.bounds[equation.time][0], domain.t_bounds[0]
+    if abs(t_eq - t_dom) > 1e-12 * max(1.0, abs(t_eq)) and any(c.on == "initial" for c in equation.conditions()):
+        raise PinnConfigError(
+            f"domain.bounds.{equation.time} starts at {t_dom:g}, but equation {equation.name}'s initial conditions "
+            f"are posed at {equation.time} = {t_eq:g}; extend the end time only, or move the start with "
+            f"equation.bounds.{equation.time}"
+        )
 
 
 class _Stop:

@@ -114,7 +114,7 @@ def test_tuning_sets_training_defaults_per_equation_and_the_command_line_wins():
     (["equation=poisson2d", "domain=polygon"], None),
     (["equation=heat2d", "domain=rectangle_time"], None),
     (["equation=heat", "domain.bounds.t=[0,2]"], None),  # a longer time interval keeps the solution
-    (["equation=heat", "domain.bounds.t=[0.5,1]"], "'ic'"),  # u(x,0) data at t = 0.5
+    (["equation=heat", "equation.bounds.t=[0.5,1]"], "'ic'"),  # sin(pi x) at t = 0.5 is not the solution there
     (["equation=burgers", "domain.bounds.x=[-0.5,0.5]"], "'bc'"),
     (["equation=wave", "domain.bounds.x=[0,0.75]"], "'bc'"),
 ])
@@ -129,3 +129,13 @@ def test_the_exact_solution_must_hold_on_the_chosen_domain(overrides, misses):
     else:
         with pytest.raises(PinnConfigError, match=f"exact solution misses its condition {misses} on this domain"):
             setup.problem.check_exact_solution()
+
+
+@pytest.mark.parametrize("equation", ["heat", "custom"])
+def test_a_domain_cannot_move_the_initial_time(equation):
+    """domain.bounds.t=[0.5,1] would apply conditions posed at t = 0 at t = 0.5 (also without an exact solution)."""
+    from pinn_cli.errors import PinnConfigError
+
+    with pytest.raises(PinnConfigError, match="domain.bounds.t starts at 0.5, but equation .* are posed at t = 0"):
+        build(make_cfg(f"equation={equation}", "domain.bounds.t=[0.5,1]", "device=cpu"))
+    build(make_cfg(f"equation={equation}", "domain.bounds.t=[0,2]", "device=cpu"))  # a later end is fine
