@@ -150,20 +150,16 @@ class Problem:
         eq = self.equation
         if not eq.has_exact or not getattr(eq, "check_exact", True):
             return
-
-        def exact(x: torch.Tensor) -> torch.Tensor:
-            return eq.exact(x)
-
         for term in self.terms[1:]:
             if term.x is None or not len(term.x):
                 continue
             pick = torch.linspace(0, len(term.x) - 1, min(256, len(term.x))).long()
             x = term.x[pick].detach().to(torch.float64)
             normals = None if term.normals is None else term.normals[pick].detach().to(torch.float64)
-            f = AutogradFields(exact, x, eq.inputs, eq.outputs, normals)
+            f = AutogradFields(eq.exact, x, eq.inputs, eq.outputs, normals)
             res = term.residual(f)
             worst = max(float(r.detach().abs().max()) for r in (res if isinstance(res, (tuple, list)) else (res,)))
-            scale = 1 + float(exact(x).abs().max())
+            scale = 1 + float(eq.exact(x).abs().max())
             if not worst <= tol * scale:
                 raise PinnConfigError(
                     f"equation {eq.name}'s exact solution misses its condition {term.name!r} on this domain "

@@ -145,11 +145,10 @@ def _old_metrics(run_dir: Path) -> dict:
     return old if isinstance(old, dict) else {}
 
 
-def merge_metrics(run_dir: Path, new: dict, info: dict) -> dict:
-    """metrics.json with the recomputed figures replacing the old ones; the training run's own
-    figures are kept under ``evaluate.training`` (nothing written by training is lost)."""
+def merge_metrics(run_dir: Path, new: dict, info: dict, old: dict) -> dict:
+    """metrics.json (``old`` as read) with the recomputed figures replacing the old ones; the training
+    run's own figures are kept under ``evaluate.training`` (nothing written by training is lost)."""
     path = run_dir / "metrics.json"
-    old = _old_metrics(run_dir)
     training = (old.get("evaluate") or {}).get("training")
     if training is None:
         training = {k: old[k] for k in (*ERROR_KEYS, *MODEL_KEYS, "per_output", "members", "ensemble") if k in old}
@@ -210,10 +209,11 @@ def main(argv: list[str]) -> None:
         new, n_points = evaluate_single(cfg, state, run_dir, resolution)
     info = {"checkpoint": rel(path, run_dir), "step": state.get("step"), "eval_points": n_points,
             "resolution": resolution}
+    old = _old_metrics(run_dir)
     figures = checkpoint_figures(run_dir, state, cfg)
-    if _old_metrics(run_dir).get("steps") != figures["steps"]:  # another model than training's last (or none)
+    if old.get("steps") != figures["steps"]:  # another model than training's last (or none)
         new.update(figures)
-    merged = merge_metrics(run_dir, new, info)
+    merged = merge_metrics(run_dir, new, info, old)
 
     training = merged["evaluate"]["training"]
     table = Table(title=f"pinn evaluate: {merged.get('equation', '')} ({info['checkpoint']}, step {info['step']})",
