@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import CONFIGS, EQUATIONS, make_cfg
 
 from pinn_cli.training import build
@@ -95,3 +96,22 @@ def test_every_documented_key_is_known_and_a_typo_is_not():
                        ("+sed=1", "seed")):
         with pytest.raises(PinnConfigError, match=hint):
             check_keys(make_cfg(typo), config_dir())
+
+
+def test_adam_uses_the_fused_kernel_and_matches_plain_adam():
+    from pinn_cli.optim import fused_adam
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(7, 5, dtype=torch.float64)), torch.nn.Parameter(torch.randn(5, dtype=torch.float64))]
+    b = [torch.nn.Parameter(t.detach().clone()) for t in a]
+    fused, plain = fused_adam(a, 1e-2), torch.optim.Adam(b, lr=1e-2)
+    assert fused.defaults["fused"] is True
+    for _ in range(20):
+        for pa, pb in zip(a, b):
+            g = torch.sin(3 * pa.detach()) + pa.detach() ** 2
+            pa.grad, pb.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-12)
+        assert not torch.equal(pa, torch.zeros_like(pa))
