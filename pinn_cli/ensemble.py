@@ -234,13 +234,52 @@ class _ProblemLoss(nn.Module):
         return total, torch.stack(list(parts))
 
 
+def setup_bytes(setup) -> int:
+    """Bytes one member holds whatever the chunking: its network, evaluation grid and collocation points."""
+    tensors = [*setup.net.parameters(), *setup.net.buffers(),
+               *(t for t in vars(setup.evaluator).values() if isinstance(t, Tensor))]
+    held = sum(t.numel() * t.element_size() for t in tensors)
+    s = setup.cfg.sampler
+    points = (int(s.n_interior) + int(s.n_boundary) + int(s.n_initial)) * (len(setup.equation.inputs) + 1)
+    return held + points * setup.dtype.itemsize
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: the driver's figure; CPU: MemAvailable on Linux), else None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(n: int, first) -> None:
+    """Refuse, in one line and before building them, N members that cannot all be held in memory."""
+    need, free = n * setup_bytes(first), available_bytes(first.device)
+    if free is not None and need > free:
+        raise PinnConfigError(
+            f"trainer.ensemble={n}: its members need at least {need / 2**30:.1f} GiB (network, points and "
+            f"evaluation grid each) and {first.device.type} has {free / 2**30:.1f} GiB free; use fewer members "
+            f"or fewer points (sampler.n_*, trainer.eval_points)"
+        )
+    if n > 1:
+        log.info("building %d ensemble members", n)
+
+
 class Ensemble:
     """N member setups (as single runs with seed + i), their parameters stacked for ``vmap``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.n, self.key, self.values = settings(cfg)
-        self.setups = [member_setup(cfg, i) for i in range(self.n)]
+        first = member_setup(cfg, 0)
+        check_memory(self.n, first)
+        self.setups = [first] + [member_setup(cfg, i) for i in range(1, self.n)]
         base = self.setups[0]
         self.device, self.dtype, self.equation = base.device, base.dtype, base.equation
         self.params, self.buffers = stack_module_state([s.net for s in self.setups])
@@ -396,6 +435,11 @@ def member_metrics(ens: Ensemble, evs: list) -> tuple[list[dict], Tensor]:
     return per, pred
 
 
+def spread(values: np.ndarray) -> np.ndarray:
+    """Member standard deviation along axis 0 (ddof=1, as metrics.json's ``ensemble.std``)."""
+    return values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(values[0])
+
+
 def summarise(ens: Ensemble, per_member: list[dict], pred: Tensor, evs: list,
               extra: list[dict] | None = None) -> dict:
     """metrics.json figures: the member mean at top level, then mean/std and every member."""
@@ -447,7 +491,7 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
         for k in range(n_out):
             a = ax[0, k]
             if ens.key is None:
-                mu, sd = p[:, order, k].mean(0), p[:, order, k].std(0)
+                mu, sd = p[:, order, k].mean(0), spread(p[:, order, k])
                 a.fill_between(xs, mu - 2 * sd, mu + 2 * sd, color="tab:red", alpha=0.25, label="mean ± 2 std")
                 a.plot(xs, ex[0, order, k], "k-", lw=2, label="exact")
                 a.plot(xs, mu, "r--", lw=1.5, label="ensemble mean")
@@ -462,7 +506,7 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
             for i in range(ens.n):
                 b.semilogy(xs, np.abs(p[i, order, k] - ex[i, order, k]) + 1e-300, color=colors[i], lw=0.8)
             if ens.key is None:
-                b.semilogy(xs, p[:, order, k].std(0) + 1e-300, "r--", lw=1.2, label="member std")
+                b.semilogy(xs, spread(p[:, order, k]) + 1e-300, "r--", lw=1.2, label="member std")
                 b.legend(fontsize=7)
             b.set_ylabel(f"|error| {eq.outputs[k]} per member")
             b.set_xlabel(eq.inputs[0])
@@ -481,7 +525,7 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
                 panels.append([(grid(mu), f"{eq.outputs[k]}: ensemble mean", "viridis"),
                                (grid(ex[0, :, k]), f"{eq.outputs[k]}: exact", "viridis"),
                                (grid(np.abs(mu - ex[0, :, k])), "|mean - exact|", "magma"),
-                               (grid(p[:, :, k].std(0)), "member std (spread)", "magma")])
+                               (grid(spread(p[:, :, k])), "member std (spread)", "magma")])
         else:
             panels = [[(grid(p[i, :, k]), f"{labels[i]}: {eq.outputs[k]}", "viridis"),
                        (grid(ex[i, :, k]), "exact", "viridis"),
@@ -513,9 +557,12 @@ def evaluate_checkpoint(cfg: DictConfig, state: dict, run_dir: Path, resolution:
     ens.load(state["model"])
     evs = evaluators(ens, resolution)
     per_member, pred = member_metrics(ens, evs)
-    out = summarise(ens, per_member, pred, evs)
-    plot_ensemble(ens, evs, per_member, run_dir / "solution.png")
     history = read_history(run_dir, state)
+    rows = [r for r in history if r.get("step") is not None and r["step"] <= (state.get("step") or 0)]
+    extra = [{"final_loss": rows[-1][f"loss_m{i}"]} if rows and rows[-1].get(f"loss_m{i}") is not None else {}
+             for i in range(ens.n)]  # each member's loss at the checkpoint, as training reported it
+    out = summarise(ens, per_member, pred, evs, extra)
+    plot_ensemble(ens, evs, per_member, run_dir / "solution.png")
     if history:
         plots.plot_loss(history, [f"m{i}" for i in range(ens.n)], run_dir / "loss_curve.png")
     base = {"equation": ens.equation.name, "n_params": ens.n_params, "device": str(ens.device),
@@ -533,8 +580,10 @@ class BatchedLBFGS:
 
     def __init__(self, params: list[Tensor], n: int, lr: float = 1.0, history_size: int = 50,
                  max_ls: int = 25, c1: float = 1e-4, tolerance_grad: float = 1e-15,
-                 tolerance_change: float = 1e-16) -> None:
+                 tolerance_change: float = 1e-16, start_loss: float | None = None) -> None:
         self.params, self.n = params, n
+        self.start_loss = start_loss
+        self.scale: Tensor | None = None  # per member: start_loss / its loss at the first iteration
         self.lr, self.m, self.max_ls, self.c1 = lr, history_size, max_ls, c1
         self.tol_grad, self.tol_change = tolerance_grad, tolerance_change
         self.s: list[Tensor] = []
@@ -543,7 +592,7 @@ class BatchedLBFGS:
         self.h_diag: Tensor | None = None
         self.done: Tensor | None = None
         self.n_iter = 0
-        self._last: tuple | None = None  # (x, f, parts, g) at the point the previous step ended on
+        self._last: tuple | None = None  # (x, f, parts, g, loss) at the point the previous step ended on
 
     def _flat(self) -> Tensor:
         return torch.cat([p.detach().reshape(self.n, -1) for p in self.params], 1)
@@ -556,11 +605,17 @@ class BatchedLBFGS:
                 p.copy_(flat[:, i:i + k].view_as(p))
                 i += k
 
-    def _eval(self, loss_fn) -> tuple[Tensor, Tensor, Tensor]:
+    def _eval(self, loss_fn) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per member: the loss as the iteration sees it (rescaled to ``start_loss`` at the first call,
+        as a single run's L-BFGS does), the terms, the gradient of the rescaled loss, the loss."""
         totals, parts = loss_fn()
         grads = torch.autograd.grad(totals.sum(), self.params, allow_unused=True, materialize_grads=True)
         g = torch.cat([gr.reshape(self.n, -1) for gr in grads], 1)
-        return totals.detach(), parts.detach(), g
+        f = totals.detach()
+        if self.scale is None:
+            ok = torch.isfinite(f) & (f > 0) & (self.start_loss is not None)
+            self.scale = torch.where(ok, (self.start_loss or 1.0) / torch.where(ok, f, 1.0), 1.0)
+        return f * self.scale, parts.detach(), g * self.scale[:, None], f
 
     def _direction(self, g: Tensor) -> Tensor:
         q = -g
@@ -581,9 +636,9 @@ class BatchedLBFGS:
         point the iteration ends at (the model a checkpoint saves, as a single run logs it)."""
         x = self._flat()
         if self._last is not None and torch.equal(self._last[0], x):
-            _, f, parts, g = self._last
+            _, f, parts, g, raw = self._last
         else:
-            f, parts, g = self._eval(loss_fn)
+            f, parts, g, raw = self._eval(loss_fn)
         if self.done is None:
             self.done = torch.zeros(self.n, dtype=torch.bool, device=x.device)
         self.done |= g.abs().amax(1) <= self.tol_grad
@@ -600,14 +655,14 @@ class BatchedLBFGS:
             t = t * torch.clamp(1.0 / g.abs().sum(1), max=1.0)
         t[self.done] = 0.0
         accepted = self.done.clone()
-        x_new, g_new, f_new, p_new = x.clone(), g.clone(), f.clone(), parts.clone()
+        x_new, g_new, f_new, p_new, r_new = x.clone(), g.clone(), f.clone(), parts.clone(), raw.clone()
         for _ in range(self.max_ls):
             trial = x + t[:, None] * d
             trial[accepted] = x_new[accepted]
             self._set(trial)
-            ft, pt, gt = self._eval(loss_fn)
+            ft, pt, gt, rt = self._eval(loss_fn)
             ok = (~accepted) & torch.isfinite(ft) & (ft <= f + self.c1 * t * gtd)
-            x_new[ok], g_new[ok], f_new[ok], p_new[ok] = trial[ok], gt[ok], ft[ok], pt[ok]
+            x_new[ok], g_new[ok], f_new[ok], p_new[ok], r_new[ok] = trial[ok], gt[ok], ft[ok], pt[ok], rt[ok]
             accepted |= ok
             if bool(accepted.all()):
                 break
@@ -629,16 +684,17 @@ class BatchedLBFGS:
             self.h_diag = h if self.h_diag is None else torch.where(valid, h, self.h_diag)
         self.done |= (f - f_new).abs() < self.tol_change
         self.n_iter += 1
-        self._last = (x_new, f_new, p_new, g_new)
-        return f_new, p_new
+        self._last = (x_new, f_new, p_new, g_new, r_new)
+        return r_new, p_new
 
     def state_dict(self) -> dict:
         return {"s": self.s, "y": self.y, "rho": self.rho, "h_diag": self.h_diag, "done": self.done,
-                "n_iter": self.n_iter}
+                "n_iter": self.n_iter, "scale": self.scale}
 
     def load_state_dict(self, st: dict) -> None:
         self.s, self.y, self.rho = list(st["s"]), list(st["y"]), list(st["rho"])
         self.h_diag, self.done, self.n_iter = st["h_diag"], st["done"], st["n_iter"]
+        self.scale = st.get("scale")
 
 
 # ---------------------------------------------------------------- training loop
@@ -649,6 +705,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     (checkpoints, history.csv, metrics.json with every member, loss_curve.png, solution.png)."""
     from .optim import OptimizerSchedule
     from .training import (
+        _check_compatible,
         _preemption_handler,
         _Progress,
         _write_history,
@@ -678,7 +735,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     schedule = OptimizerSchedule(cfg.optimizer, params, total)
     lb = cfg.optimizer.get("lbfgs", {}) or {}
     lbfgs = BatchedLBFGS(params, n, lr=float(lb.get("lr", 1.0)) if schedule.name != "lbfgs" else schedule.lr,
-                         history_size=int(lb.get("history_size", 50)))
+                         history_size=int(lb.get("history_size", 50)), start_loss=schedule.lbfgs_start_loss)
     terms = ens.term_names
     members = [f"m{i}" for i in range(n)]
     columns = ["step", "time_s", "loss", *[f"loss_{t}" for t in terms], "lr", "rel_l2",
@@ -697,6 +754,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     refuse_used_run_dir(resume, run_dir)
     if resume is not None:
         state = checkpoint.load(resume)
+        _check_compatible(state, config_dict, resume)
         if state.get("ensemble", {}).get("n") != n or state["config"]["network"] != config_dict["network"]:
             raise PinnError(f"checkpoint {resume} is not of this ensemble (trainer.ensemble or network.* differs)")
         ens.load(state["model"])

@@ -87,6 +87,7 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
         ("network.fourier_sigma=-1 network.fourier_features=8", "network.fourier_sigma=-1 is invalid"),
         ("trainer.causal_chunks=4 equation=poisson2d", "trainer.causal_chunks=4: equation poisson2d has no time input"),
         ("+trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
+        ("trainer.ensemble=true", "trainer.ensemble=True is invalid; it must be a positive integer"),
         ("--config-name nosuch", "config 'nosuch' (--config-name) not found in"),
     ],
 )

@@ -123,6 +123,51 @@ def test_batched_lbfgs_members_are_independent():
     assert float(l3()[0].detach().max()) < 0.05
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-8])
+def test_batched_lbfgs_rescales_a_small_loss_as_a_single_run_does(scale):
+    """Without the start_loss rescale, y.s of a loss ~1e-8 falls under 1e-10: no curvature pairs,
+    backtracking gradient descent (f/f0 ~ 1 after 60 iterations on this quadratic)."""
+    a = torch.logspace(0, 2, 6, dtype=torch.float64)[None].repeat(2, 1)  # condition number 100
+
+    def loss():
+        f = scale * (a * x ** 2).sum(1)
+        return f, f[:, None]
+
+    x = torch.ones(2, 6, dtype=torch.float64, requires_grad=True)
+    opt = BatchedLBFGS([x], 2, history_size=10, start_loss=10.0)
+    f0 = loss()[0].detach()
+    for _ in range(60):
+        f, _ = opt.step(loss)
+    assert float((f / f0).max()) < 1e-9
+    torch.testing.assert_close(f, loss()[0].detach())  # the unscaled loss of where the members are
+    assert opt.state_dict()["scale"] is not None
+
+
+def test_resume_refuses_another_equations_checkpoint(tmp_path):
+    base = ["optimizer=adam", "trainer.steps=10", "trainer.ensemble=2", *SMALL]
+    run_ensemble(make_cfg("equation=heat", *base), tmp_path)
+    with pytest.raises(PinnError, match="is for equation heat, not burgers"):
+        run_ensemble(make_cfg("equation=burgers", *base, "trainer.steps=20", "trainer.resume=auto"), tmp_path)
+
+
+def test_members_that_cannot_fit_in_memory_are_refused_before_building(monkeypatch):
+    import pinn_cli.ensemble as ensemble_mod
+
+    built = []
+    real = ensemble_mod.member_setup
+
+    def member_setup(cfg, i):
+        built.append(i)
+        if i > 1:
+            raise AssertionError("members were built before the memory check")
+        return real(cfg, i)
+
+    monkeypatch.setattr(ensemble_mod, "member_setup", member_setup)
+    with pytest.raises(PinnConfigError, match=r"trainer.ensemble=1000000000: its members need at least .* GiB"):
+        Ensemble(make_cfg("trainer.ensemble=1000000000", *SMALL))
+    assert built == [0]
+
+
 @pytest.fixture(scope="module")
 def adam_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
@@ -167,6 +212,7 @@ def test_metrics_json_plots_and_evaluate(adam_runs):
     out = json.loads((run / "metrics.json").read_text())
     assert out["evaluate"]["matches_training"] is True
     assert [m["rel_l2"] for m in out["members"]] == [m["rel_l2"] for m in saved["members"]]
+    assert [m["final_loss"] for m in out["members"]] == [m["final_loss"] for m in saved["members"]]
 
 
 def test_hessian_of_one_member(adam_runs):

@@ -44,7 +44,8 @@ def train_task(cfg: DictConfig) -> float:
             cfg.equation.name = choice
     try:
         check_keys(cfg, config_dir())
-        if cfg.trainer.get("ensemble", 1) != 1 or cfg.trainer.get("ensemble_param"):
+        members = cfg.trainer.get("ensemble", 1)
+        if members != 1 or isinstance(members, bool) or cfg.trainer.get("ensemble_param"):
             from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)
 
             metrics = run_ensemble(cfg, run_dir)
