@@ -119,7 +119,11 @@ def test_lanczos_top_k_and_extremes_match_dense():
     assert full["exact"] and krylov.iterations == n
     np.testing.assert_allclose(full["lambda_min"], ev[-1], rtol=1e-4)
     np.testing.assert_allclose(np.sort(krylov.ritz)[::-1], ev, rtol=1e-6, atol=1e-8 * abs(ev[0]))
-    assert full["condition_number"] == pytest.approx(abs(ev[0] / ev[-1]), rel=1e-4)
+    assert full["indefinite"] == bool(ev[-1] < 0)
+    if full["indefinite"]:
+        assert full["condition_number"] is None
+    else:
+        assert full["condition_number"] == pytest.approx(abs(ev[0] / ev[-1]), rel=1e-4)
     assert res["history"][-1] == res["top_eigenvalues"] and len(res["history"]) == res["lanczos_iterations"]
 
 
@@ -199,7 +203,8 @@ def test_hessian_command_writes_json_and_figure(run_dir):
     tot = out["results"]["total"]
     assert len(tot["top_eigenvalues"]) == 3 and tot["top_eigenvalues"] == sorted(tot["top_eigenvalues"], reverse=True)
     assert tot["trace"]["interval"][0] <= tot["trace"]["estimate"] <= tot["trace"]["interval"][1]
-    assert len(tot["density"]["nodes"]) == 2 and tot["condition_number"] > 1
+    assert len(tot["density"]["nodes"]) == 2
+    assert (tot["condition_number"] is None) == tot["indefinite"]
     assert (run_dir / "hessian_spectrum.png").stat().st_size > 10_000
     cmd.main([str(run_dir), "hessian.terms=[pde]", "hessian.trace_samples=0", "hessian.slq_vectors=0",
               "hessian.iters=20", "derivatives=autograd"])
@@ -227,3 +232,49 @@ def test_hessian_command_errors(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PinnError, match="no checkpoints/best.pt"):
         cmd.main([str(tmp_path / "empty")])
+
+
+def test_indefinite_hessian_has_no_condition_number():
+    d = torch.tensor([5.0, 2.0, 1.0, -3.0], dtype=torch.float64)
+    out, _ = hs.top_eigenvalues(lambda v: d * v, 4, k=2, iters=4)
+    assert out["indefinite"] is True and out["condition_number"] is None
+    assert out["lambda_min"] == pytest.approx(-3.0) and out["top_eigenvalues"] == pytest.approx([5.0, 2.0])
+    pos, _ = hs.top_eigenvalues(lambda v: d.abs() * v, 4, k=2, iters=4)
+    assert pos["indefinite"] is False and pos["condition_number"] == pytest.approx(5.0)
+
+
+def test_a_term_of_weight_zero_has_a_zero_spectrum(tmp_path, capsys):
+    from pinn_cli.commands import hessian as cmd
+
+    run_training(make_cfg("equation=heat", "equation.weights.ic=0", "trainer.steps=5", "trainer.eval_points=100",
+                          *TINY), tmp_path)
+    n = 5 * 2 + 5 + 5 * 5 + 5 + 5 + 1
+    cmd.main([str(tmp_path), "hessian.trace_samples=0", "hessian.slq_vectors=0", f"hessian.top_k={n + 5}",
+              f"hessian.iters={n + 5}"])
+    assert f"hessian.top_k={n + 5} exceeds the network's {n} parameters" in capsys.readouterr().err
+    ic = json.loads((tmp_path / "hessian.json").read_text())["results"]["ic"]
+    assert ic["weight"] == 0 and ic["exact"] is True and ic["indefinite"] is False
+    assert ic["top_eigenvalues"] == [0.0] and ic["lambda_max"] == 0.0
+
+
+def test_causal_runs_are_analysed_with_their_causal_loss(tmp_path):
+    """pinn hessian sees the loss training minimised: the causally weighted PDE term (weights held at the
+    checkpoint's values), the same as the run's own hessian_top, and its chunked products agree."""
+    from pinn_cli.commands import hessian as cmd
+
+    cfg = make_cfg("equation=heat", "trainer.causal_chunks=4", "trainer.causal_eps=5", "optimizer=adam",
+                   "trainer.steps=20", "trainer.log_every=10", "analysis.hessian_every=20", "trainer.eval_points=100",
+                   "equation.weights.pde=10", *TINY)
+    run_training(cfg, tmp_path)
+    top = float(read_csv(tmp_path / "history.csv")[-1]["hessian_top"])
+    args = [str(tmp_path), "--checkpoint", "last.pt", "hessian.trace_samples=0", "hessian.slq_vectors=0",
+            "hessian.iters=40", "hessian.top_k=1"]
+    cmd.main([*args, "hessian.terms=[pde]"])
+    out = json.loads((tmp_path / "hessian.json").read_text())
+    assert out["results"]["total"]["lambda_max"] == pytest.approx(top, rel=1e-6)
+    assert "causally weighted" in out["note"]
+    cmd.main([*args, "hessian.terms=[pde]", "hessian.chunk=5"])
+    chunked = json.loads((tmp_path / "hessian.json").read_text())["results"]
+    for name in ("total", "pde"):
+        assert chunked[name]["lambda_max"] == pytest.approx(out["results"][name]["lambda_max"], rel=1e-9)
+        assert chunked[name]["loss"] == pytest.approx(out["results"][name]["loss"], rel=1e-12)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ OPTIONS = {  # key: (default, what it means), printed by --help
     "hessian.terms": (None, "loss terms analysed besides the total (null = all of them)"),
     "hessian.trace_samples": (50, "Hutchinson probes (0 = no trace)"),
     "hessian.slq_vectors": (3, "stochastic Lanczos quadrature starts (0 = no density)"),
-    "hessian.seed": (0, "seed of the random start and probe vectors"),
+    "hessian.seed": (0, "seed of the random start and probe vectors, and of the point subset (hessian.points)"),
     "hessian.member": (0, "which member of an ensemble run"),
 }
 DEFAULTS = {key: default for key, (default, _) in OPTIONS.items()}
@@ -108,8 +109,13 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
         problem.sample(np.random.default_rng(cfg.seed))
     problem.plan()
     counts = hs.subsample(problem, o["points"], o["seed"])
+    t_cfg = cfg.trainer  # the loss training minimised: causal weighting of the PDE term included
+    problem.set_causal(int(t_cfg.get("causal_chunks", 0) or 0), float(t_cfg.get("causal_eps", 1.0)))
     params = trainable(setup.net)
     n = sum(p.numel() for p in params)
+    if o["top_k"] > n:
+        print(f"pinn hessian: hessian.top_k={o['top_k']} exceeds the network's {n} parameters; "
+              f"all {n} eigenvalues are reported", file=sys.stderr)
 
     results, t_all = {}, time.perf_counter()
     for name, weight, pieces in hs.targets(problem, o["terms"], o["chunk"]):
@@ -131,7 +137,9 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
         "options": {k: o[k] for k in ("top_k", "iters", "tol", "points", "chunk", "terms", "trace_samples",
                                       "slq_vectors", "seed")},
         "time_s": round(time.perf_counter() - t_all, 3), **_peak_memory_mb(setup.device),
-        "note": "each term is the weighted loss weight * mean(residual^2); total is their sum",
+        "note": "each term is the weighted loss weight * mean(residual^2); total is their sum"
+                + ("; the pde term is causally weighted as in training (trainer.causal_chunks), its chunk "
+                   "weights at this checkpoint held constant" if problem.causal is not None else ""),
         "results": results,
     }
     (run_dir / "hessian.json").write_text(json.dumps(out, indent=1, default=_json_default) + "\n")
@@ -140,6 +148,10 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
 
 
 def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     raise TypeError(type(x).__name__)
