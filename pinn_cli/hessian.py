@@ -312,9 +312,7 @@ def targets(problem, names: Sequence[str] | None = None, chunk: int = 0
     the term's (``weight * mean`` over the chunk, scaled by its share of the points), for an
     :class:`HVP` whose memory is bounded by one chunk."""
     from .errors import PinnConfigError
-    from .problem import mse
-
-    from .problem import pointwise_sq
+    from .problem import mse, pointwise_sq
 
     known = [t.name for t in problem.terms]
     chosen = known if names is None else [str(x) for x in names if str(x) != "total"]
