@@ -34,17 +34,23 @@ def parse_name(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> 
     out, sep, suffix = name.partition("_")
     if not sep or out not in outputs or not suffix:
         return None
-    idx: list[int] = []
-    names = sorted(inputs, key=len, reverse=True)
-    while suffix:
-        for inp in names:
-            if suffix.startswith(inp):
-                idx.append(inputs.index(inp))
-                suffix = suffix[len(inp):]
-                break
-        else:
-            return None
-    return (outputs.index(out), tuple(sorted(idx)))
+    splits = input_splits(suffix, inputs)
+    if len(splits) != 1:  # none, or ambiguous (inputs x, y and xy: is u_xy d/dxy or d2/dxdy?)
+        return None
+    return (outputs.index(out), tuple(sorted(inputs.index(n) for n in splits[0])))
+
+
+def input_splits(suffix: str, inputs: Sequence[str], limit: int = 2) -> list[tuple[str, ...]]:
+    """Ways (at most ``limit``) to read ``suffix`` as a sequence of input names."""
+    if not suffix:
+        return [()]
+    out: list[tuple[str, ...]] = []
+    for inp in inputs:
+        if suffix.startswith(inp):
+            out += [(inp, *rest) for rest in input_splits(suffix[len(inp):], inputs, limit)]
+            if len(out) >= limit:
+                return out[:limit]
+    return out
 
 
 class Fields:
@@ -97,10 +103,10 @@ class AutogradFields(Fields):
         if not x.requires_grad:  # a caller's x that requires grad stays in the graph (d/dx of a residual)
             x = x.detach().requires_grad_(True)
         super().__init__(x, inputs, outputs, normals)
-        with torch.enable_grad():
+        with torch.enable_grad():  # slices too: under no_grad a slice would drop out of the graph
             values = net(x)
-        for k in range(values.shape[1]):
-            self._cache[(k, ())] = values[:, k]
+            for k in range(values.shape[1]):
+                self._cache[(k, ())] = values[:, k]
 
     def get(self, key: Key) -> torch.Tensor:
         hit = self._cache.get(key)
@@ -108,15 +114,15 @@ class AutogradFields(Fields):
             return hit
         out, idx = key
         parent = self.get((out, idx[:-1]))
-        if parent.requires_grad:
-            with torch.enable_grad():
+        with torch.enable_grad():
+            if parent.requires_grad:
                 (grads,) = torch.autograd.grad(
                     parent.sum(), self._x, create_graph=True, allow_unused=True, materialize_grads=True
                 )
-        else:
-            grads = torch.zeros_like(self._x)
-        for m in range(self._x.shape[1]):
-            self._cache.setdefault((out, tuple(sorted(idx[:-1] + (m,)))), grads[:, m])
+            else:
+                grads = torch.zeros_like(self._x)
+            for m in range(self._x.shape[1]):
+                self._cache.setdefault((out, tuple(sorted(idx[:-1] + (m,)))), grads[:, m])
         return self._cache[key]
 
 
@@ -290,9 +296,15 @@ class DerivativeEngine:
         if supports_forward(self.net, needs):
             return "forward"
         if self.name == "forward":
+            high = [(o, idx) for o, idx in needs if len(idx) > 2]
+            if high:
+                o, idx = high[0]
+                why = f"{self.outputs[o]}_{''.join(self.inputs[i] for i in idx)} is of order {len(idx)}"
+            else:
+                why = f"it cannot propagate through a {type(self.net).__name__} network"
             raise PinnConfigError(
-                "derivatives=forward supports the mlp family and modified_mlp, derivatives up to order 2; "
-                "use derivatives=auto or derivatives=autograd"
+                f"derivatives=forward: {why}; it supports the mlp family and modified_mlp, derivatives up to "
+                "order 2; use derivatives=auto or derivatives=autograd"
             )
         return "autograd"
 

@@ -38,6 +38,10 @@ DOMAINS = {
 BOX_DOMAINS = {k: (v[1], v[2]) for k, v in DOMAINS.items() if v[0] == "box"}
 
 
+class EmptySelection(PinnConfigError):
+    """A condition's ``where`` keeps none of the points drawn for it (the caller names the condition)."""
+
+
 @dataclass
 class PointSet:
     """Points (N, d) and, on boundaries, outward unit normals (N, d)."""
@@ -384,7 +388,7 @@ class Domain:
         pilot = draw(n, sampler, rng)
         keep = np.asarray(select(pilot.x), bool)
         if not keep.any():
-            raise PinnConfigError(f"a condition's 'where' selects none of the {where} points of {self.describe()}")
+            raise EmptySelection(f"its 'where' selects none of the {where} points of {self.describe()}")
         frac = keep.mean()
         if sampler == "grid":                    # a denser grid whose selected part holds about n points
             ps = draw(max(1, round(n / frac)), sampler, rng)

@@ -20,7 +20,7 @@ from .derivatives import (
     RecordingFields,
     constant_linear_part,
 )
-from .domains import Box, PointSet
+from .domains import Box, EmptySelection, PointSet
 from .equations.base import Equation
 from .errors import PinnConfigError
 from .networks import trainable
@@ -120,6 +120,12 @@ class Problem:
                                    select=getattr(cond, "select", None)))
 
     def _draw(self, term: Term, rng: np.random.Generator) -> PointSet:
+        try:
+            return self._draw_points(term, rng)
+        except EmptySelection as err:
+            raise PinnConfigError(f"condition {term.name!r}: {err}") from None
+
+    def _draw_points(self, term: Term, rng: np.random.Generator) -> PointSet:
         s = self.sampler
         if term.where == "interior":
             return self.domain.interior(s.n_interior, s.name, rng)

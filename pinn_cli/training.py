@@ -38,6 +38,9 @@ def build_equation(cfg: DictConfig) -> Equation:
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     target = kwargs.pop("_target_", None)
     kwargs.pop("description", None)
+    if target is None:
+        raise PinnConfigError(f"equation {kwargs.get('name', '')!r} has no _target_; an equation written in YAML "
+                              f"starts with `defaults: [custom]`")
     try:
         cls = get_class(target)
     except Exception:  # noqa: BLE001 - whatever the import raised, the config names a bad target

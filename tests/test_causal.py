@@ -45,6 +45,22 @@ def test_causal_loss_matches_formula():
     assert torch.equal(problem.causal.last, frozen)
 
 
+def test_frozen_weights_are_the_same_with_either_engine():
+    """freeze_causal evaluates the loss under no_grad: the autograd engine must still give real derivatives
+    there (it gave zeros, so every L-BFGS block ran with weights of 1)."""
+    frozen = {}
+    for engine in ("forward", "autograd"):
+        setup = build(make_cfg("equation=heat", f"derivatives={engine}", "device=cpu", "precision=float64",
+                               "sampler.n_interior=300"))
+        setup.problem.sample(np.random.default_rng(0))
+        setup.problem.plan()
+        setup.problem.set_causal(4, 50.0)
+        setup.problem.freeze_causal()
+        frozen[engine] = setup.problem.causal.frozen
+    torch.testing.assert_close(frozen["autograd"], frozen["forward"], rtol=1e-10, atol=0)
+    assert float(frozen["forward"][-1]) < 0.5
+
+
 def test_causal_needs_a_time_input():
     setup = build(make_cfg("equation=poisson2d", "device=cpu"))
     with pytest.raises(PinnConfigError, match="trainer.causal_chunks=8: equation poisson2d has no time input"):

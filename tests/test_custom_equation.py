@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import REPO, make_cfg
 
+from omegaconf import OmegaConf
+
 from pinn_cli.derivatives import AutogradFields
 from pinn_cli.equations.custom import Custom
 from pinn_cli.errors import PinnConfigError
@@ -171,7 +173,14 @@ def test_malicious_or_bad_expressions_are_parse_errors(text, why, tmp_path):
     ("value", {"conditions": [{"where": "initial", "value": "sin(pi*y)"}]},
      "equation.conditions[0].value: 'sin(pi*y)': unknown symbol 'y'"),
     ("where", {"conditions": [{"where": "x === 1", "value": "0"}]}, "equation.conditions[0].where"),
-    ("where-time", {"conditions": [{"where": "t == 0.5", "value": "0"}]}, "must be at the initial time t == 0"),
+    ("where-time", {"conditions": [{"where": "t == 0.5", "value": "0"}]},
+     "equation.conditions[0].where='t == 0.5': a condition in time must be at the initial time t == 0"),
+    ("unused-output", {"outputs": ["u", "v"], "exact": None}, "output 'v' appears in no residual"),
+    ("input-n", {"inputs": ["x", "n"], "bounds": {"x": [0, 1], "n": [0, 1]}, "residual": "u_x + u_n", "exact": None,
+                 "conditions": []}, "'n' is reserved (u_n is the normal derivative)"),
+    ("ambiguous-input", {"inputs": ["x", "y", "xy"], "bounds": {"x": [0, 1], "y": [0, 1], "xy": [0, 1]},
+                         "residual": "u_xy", "exact": None, "conditions": []},
+     "equation.inputs: 'xy' is also x then y, so a derivative name such as u_xy would be ambiguous"),
     ("u_n", {"conditions": [{"where": "t == 0", "expr": "u_n", "value": "0"}]}, "'u_n' (a normal derivative) needs boundary"),
     ("key", {"conditions": [{"wher": "t == 0"}]}, "equation.conditions[0].wher is not known"),
     ("exact", {"exact": "exp(-alpha*t)*sin(pi*z)"}, "equation.exact: 'exp(-alpha*t)*sin(pi*z)': unknown symbol 'z'"),
@@ -237,3 +246,44 @@ def test_yaml_heat_trains_like_the_built_in_heat(tmp_path):
     assert built_in["rel_l2"] < 2e-2
     ratio = yaml["rel_l2"] / built_in["rel_l2"]
     assert 1 / 1.5 < ratio < 1.5, (yaml["rel_l2"], built_in["rel_l2"])
+
+
+@pytest.mark.parametrize("where", ["residual", "value", "where"])
+def test_min_and_max_of_fields_and_coordinates(where):
+    """min/max of non-constant arguments compile (sympy's Min/Max are not sympy.Function subclasses)."""
+    spec = {"residual": "u_t - alpha*u_xx + max(u_x, 0) - max(u_x, 0)",
+            "value": "min(x, 2) * 0 + sin(pi*x)",  # x <= 1: min(x, 2) = x
+            "where": "initial and max(x, 0.5) >= 0"}
+    if where == "residual":
+        eq = base(residual=spec["residual"])
+        p = torch.rand(9, 2, dtype=torch.float64)
+        f = AutogradFields(eq.exact, p, eq.inputs, eq.outputs)
+        assert float(eq.residual(f).detach().abs().max()) < 1e-12
+    else:
+        cond = {"where": spec["where"] if where == "where" else "initial", "value": spec["value"]}
+        eq = base(conditions=[cond])
+        x = torch.stack([torch.linspace(0, 1, 20, dtype=torch.float64), torch.zeros(20, dtype=torch.float64)], 1)
+        c = eq.conditions()[0]
+        r = c.residual(AutogradFields(eq.exact, x, eq.inputs, eq.outputs))
+        assert float(r.detach().abs().max()) < 1e-12
+        if where == "where":
+            assert c.select(x.numpy()).all()
+
+
+def test_a_condition_that_selects_no_point_is_named(tmp_path):
+    eq = base(conditions=[{"where": "initial", "value": "sin(pi*x)"}, {"name": "right", "where": "x == 2", "value": "0"}])
+    setup = build(make_cfg("equation=custom", "device=cpu", "precision=float64"))
+    setup.problem.equation = eq
+    from pinn_cli.problem import Problem
+
+    problem = Problem(eq, setup.domain, setup.net, setup.problem.engine, setup.problem.sampler, setup.device,
+                      setup.dtype)
+    with pytest.raises(PinnConfigError, match="condition 'right': its 'where' selects none of the boundary points"):
+        problem.sample(np.random.default_rng(0))
+
+
+def test_a_yaml_equation_without_defaults_custom_is_told_what_to_add():
+    from pinn_cli.training import build_equation
+
+    with pytest.raises(PinnConfigError, match=r"has no _target_; an equation written in YAML starts with `defaults: \[custom\]`"):
+        build_equation(OmegaConf.create({"name": "mine", "inputs": ["x"], "residual": "u_x"}))

@@ -70,6 +70,30 @@ def test_linear_network_second_derivative_is_zero(engine):
     assert f.y_x.abs().max() > 0
 
 
+def test_autograd_fields_under_no_grad_are_the_real_derivatives():
+    """Under torch.no_grad (causal weights, trainer.steps=0) the values are still differentiated."""
+    p = torch.rand(16, 2, dtype=torch.float64)
+    want = {n: AutogradFields(field_fn, p, ("x", "t"), ("u", "v"))[n].detach() for n in ("u_x", "u_xx", "u_xxt", "v_xt")}
+    with torch.no_grad():
+        f = AutogradFields(field_fn, p, ("x", "t"), ("u", "v"))
+        for name, w in want.items():
+            torch.testing.assert_close(f[name], w, rtol=1e-14, atol=1e-14, msg=name)
+    assert float(want["u_x"].abs().min()) > 0
+
+
+def test_derivative_names_read_one_way_only():
+    assert parse_name("u_abc", ("a", "ab", "bc"), ("u",)) == (0, (0, 2))  # a then bc: not stuck after ab
+    assert parse_name("u_xy", ("x", "y", "xy"), ("u",)) is None          # ambiguous: refused, never guessed
+
+
+def test_the_forward_engine_names_a_derivative_it_cannot_serve():
+    from pinn_cli.errors import PinnConfigError
+
+    net = MLP(2, 1, width=4, depth=2)
+    with pytest.raises(PinnConfigError, match="derivatives=forward: u_xxt is of order 3"):
+        DerivativeEngine("forward", net, ("x", "t"), ("u",)).resolve([(0, (0, 0, 1))])
+
+
 def test_input_independent_output_gives_zero_first_derivative():
     const = nn.Linear(1, 1)
     f = AutogradFields(lambda p: const(torch.zeros_like(p[:, :1])), torch.rand(5, 1), ("x",), ("u",))

@@ -28,7 +28,7 @@ import numpy as np
 import sympy
 import torch
 
-from ..derivatives import AutogradFields, parse_name
+from ..derivatives import AutogradFields, input_splits, parse_name
 from ..errors import PinnConfigError
 from .base import Condition, Equation
 from .expr import CONSTANTS, FUNCTIONS, NUMPY, TORCH, compile_expr, parse
@@ -93,6 +93,15 @@ class Custom(Equation):
         clash = set(self.inputs) & set(self.outputs)
         if clash:
             raise PinnConfigError(f"equation.outputs: {sorted(clash)[0]!r} is also an input")
+        if "n" in self.inputs:
+            raise PinnConfigError("equation.inputs: 'n' is reserved (u_n is the normal derivative); rename that input")
+        for inp in self.inputs:  # derivative names must read one way: u_xy with inputs x, y and xy cannot
+            split = input_splits(inp, [i for i in self.inputs if i != inp], limit=1)
+            if split:
+                raise PinnConfigError(
+                    f"equation.inputs: {inp!r} is also {' then '.join(split[0])}, so a derivative name such as "
+                    f"{self.outputs[0]}_{inp} would be ambiguous; rename it"
+                )
         if time == "auto":
             time = "t" if "t" in self.inputs else None
         if time is not None and time not in self.inputs:
@@ -161,8 +170,20 @@ class Custom(Equation):
         items = residual if isinstance(residual, (list, tuple)) or _is_seq(residual) else [residual]
         if not items:
             raise PinnConfigError("equation.residual is empty; give one expression per equation")
-        return [self._field_expr(r, "equation.residual" if len(items) == 1 else f"equation.residual[{i}]")
-                for i, r in enumerate(items)]
+        keys = ["equation.residual" if len(items) == 1 else f"equation.residual[{i}]" for i in range(len(items))]
+        trees = [parse(r, k, _FieldNames(self), boolean=False) for r, k in zip(items, keys)]
+        used = set()
+        for tree, r, k in zip(trees, items, keys):
+            self._field_symbols(tree, r, k, normals=False)
+            used |= {key[0] for key in (parse_name(s.name, self.inputs, self.outputs) for s in tree.free_symbols)
+                     if isinstance(key, tuple)}
+        missing = [o for i, o in enumerate(self.outputs) if i not in used]
+        if missing:
+            raise PinnConfigError(
+                f"equation.residual: output {missing[0]!r} appears in no residual, so nothing determines it inside "
+                f"the domain; give a residual for each output"
+            )
+        return [compile_expr(tree, TORCH, f"{k}: {str(r)!r}") for tree, r, k in zip(trees, items, keys)]
 
     def _parse_conditions(self, conditions) -> list[Condition]:
         conditions = list(conditions or [])
@@ -230,7 +251,7 @@ class Custom(Equation):
             if cj in (sympy.Symbol("boundary"), sympy.Symbol("initial")):
                 on = cj.name                                  # "boundary and x > 0"
                 continue
-            if self._time_equality(cj) is not None:
+            if self._time_equality(cj, f"{key}.where", where) is not None:
                 on = "initial"
                 continue
             if cj.free_symbols & {sympy.Symbol("boundary"), sympy.Symbol("initial")}:
@@ -251,7 +272,7 @@ class Custom(Equation):
             return np.broadcast_to(np.asarray(res, bool), (len(x),))
         return on, select, None
 
-    def _time_equality(self, cj) -> float | None:
+    def _time_equality(self, cj, key: str, text) -> float | None:
         """``t == c`` (or ``c == t``) with c a number: c, which must be the initial time."""
         if self.time is None or not isinstance(cj, sympy.Eq):
             return None
@@ -264,7 +285,7 @@ class Custom(Equation):
         c = float(b)
         if self._t0 is not None and abs(c - self._t0) > 1e-9 * max(1.0, abs(self._t0)):
             raise PinnConfigError(
-                f"a condition's where={str(cj)!r}: a condition in time must be at the initial time "
+                f"{key}={str(text)!r}: a condition in time must be at the initial time "
                 f"{self.time} == {self._t0:g} (or use a predicate on the boundary)"
             )
         return c

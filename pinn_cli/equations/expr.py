@@ -264,7 +264,7 @@ def _compile(expr: sympy.Basic, backend: Backend, where: str) -> Callable[[Looku
         if backend is TORCH:
             return lambda lookup: _torch_pow(base(lookup), exp_(lookup))
         return lambda lookup: np.power(np.asarray(base(lookup), float), exp_(lookup))
-    if isinstance(expr, sympy.Function) and type(expr) in backend.funcs:
+    if type(expr) in backend.funcs:  # Min and Max are not sympy.Function subclasses
         fn = backend.funcs[type(expr)]
         if backend is TORCH and type(expr) not in (sympy.Min, sympy.Max):
             fn = _torch_fn(fn)
