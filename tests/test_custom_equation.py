@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_cfg
-
 from omegaconf import OmegaConf
 
 from pinn_cli.derivatives import AutogradFields
