@@ -12,6 +12,21 @@ import torch
 from .errors import PinnError
 
 
+def write_json(obj: dict, path: Path) -> None:
+    """Write ``obj`` as JSON through a temporary file and a rename, so no reader sees a torn file."""
+    import json
+
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(obj, indent=2) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save(obj: dict, path: Path) -> None:
     """Write ``obj`` to ``path`` so a reader sees either the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)

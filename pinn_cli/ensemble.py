@@ -17,7 +17,6 @@ autograd engine's ``torch.autograd.grad`` cannot run inside ``vmap``).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import signal
@@ -767,6 +766,8 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         step, best, history = state["step"], state["best_rel_l2"], state["history"]
         elapsed_before = state.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", resume, step)
+        # the earlier segment's figures are in history.csv and the checkpoints; until this run ends it
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # is running, not preempted
 
     def snapshot(elapsed: float) -> dict:
         return {
@@ -870,7 +871,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     }
     if stopped_by:
         metrics["stopped_by"] = stopped_by
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    checkpoint.write_json(metrics, run_dir / "metrics.json")
     plot_ensemble(ens, evs, per_member, run_dir / "solution.png")
     for m in out["members"]:
         log.info("member %d%s: rel_l2 %.4e max_abs_error %.4e", m["member"],

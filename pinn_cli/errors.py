@@ -7,3 +7,8 @@ class PinnError(Exception):
 
 class PinnConfigError(PinnError, ValueError):
     """A configuration value that is out of range or not known."""
+
+
+class SweepStopped(BaseException):
+    """A signal stopped a job of a local sweep: once the job has saved, the sweep ends (a BaseException,
+    so Hydra's launcher, which records an Exception as a failed job and goes on, lets it through)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import signal
@@ -297,6 +296,8 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         step, best, history = state["step"], state["best_rel_l2"], state["history"]
         elapsed_before = state.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", resume, step)
+        if ctx.is_main:  # the earlier segment's figures are in history.csv and the checkpoints; until this
+            (run_dir / "metrics.json").unlink(missing_ok=True)  # run ends it is running, not preempted
 
     def snapshot(elapsed: float) -> dict:
         return {
@@ -400,7 +401,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     })
     if stopped_by:
         metrics["stopped_by"] = stopped_by
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    checkpoint.write_json(metrics, run_dir / "metrics.json")
     plots.plot_solution(
         *evaluator.plot_data(net),   # the plotting grid, NaN outside a disk/polygon
         equation.inputs, equation.outputs,

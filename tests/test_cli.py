@@ -73,6 +73,15 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
     assert eqs == {"heat", "poisson2d"}
 
 
+def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
+    fast = [a for a in FAST if not a.startswith("trainer.steps=")]
+    res = pinn("train", "-m", "trainer.steps=-1,3,-2", f"hydra.sweep.dir={tmp_path}", *fast)
+    assert res.returncode == 2
+    for bad in ("-1", "-2"):
+        assert f"trainer.steps={bad} is invalid" in res.stdout
+    assert (tmp_path / "1" / "metrics.json").is_file() and "Traceback" not in res.stderr
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -138,3 +147,31 @@ def test_a_failed_resume_keeps_the_earlier_hydra_record(tmp_path):
     (kept,) = (run / ".hydra" / "earlier").iterdir()
     assert (kept / "overrides.yaml").read_text() == first
     assert "network.width=7" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+
+
+def test_sigterm_ends_a_local_sweep_after_the_job_saves(tmp_path):
+    """Without submitit nothing requeues a job: SIGTERM saves the running job and ends the sweep."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinn_cli", "train", "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}", "optimizer=adam",
+         "trainer.steps=1000000", "trainer.log_every=10", "trainer.progress=false", "network.width=8",
+         "sampler.n_interior=32", "sampler.n_boundary=8", "sampler.n_initial=8", "trainer.eval_points=100"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    log = tmp_path / "0" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "] - step " in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text())["status"] == "preempted"
+    assert (tmp_path / "0" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "1").exists()
+    assert "later jobs of the sweep did not run" in err and "Traceback" not in err

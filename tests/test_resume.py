@@ -197,3 +197,30 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     assert "Requeued job" in out + submitit_logs and "Job completed successfully" in submitit_logs
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["steps"] == 2000
+
+
+def test_a_resumed_run_is_not_reported_preempted_while_it_runs(tmp_path, monkeypatch):
+    """The preempted segment's metrics.json goes when the run resumes: a resumed run that fails (or is
+    still running) is summarised from its train.log, not from the stale figures."""
+    from conftest import signal_at_adam_step
+
+    from pinn_cli.optim import OptimizerSchedule
+    from pinn_cli.summarize import load_job
+
+    base = ["equation=ode_decay", "optimizer=adam", "sampler.n_interior=32", "device=cpu", "trainer.steps=20",
+            "trainer.log_every=5", "trainer.eval_points=100", "network.width=8"]
+    signal_at_adam_step(monkeypatch, 7)
+    run_training(make_cfg(*base), tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "preempted"
+
+    def broken(self, loss_fn):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(OptimizerSchedule, "adam_step", broken)
+    with pytest.raises(RuntimeError):
+        run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+    (tmp_path / ".hydra").mkdir(exist_ok=True)
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (tmp_path / "train.log").write_text("[2026-01-01 00:00:00,000][pinn][ERROR] - RuntimeError: out of memory\n")
+    assert load_job(tmp_path, tmp_path).status == "failed"

@@ -11,6 +11,7 @@ import csv
 import json
 from pathlib import Path
 
+from .. import checkpoint
 from ..errors import PinnConfigError, PinnError
 
 USAGE = "usage: pinn evaluate <run_dir> [--checkpoint PATH] [evaluate.resolution=N] [device=cpu]"
@@ -157,7 +158,7 @@ def merge_metrics(run_dir: Path, new: dict, info: dict, old: dict) -> dict:
     if all(k in training for k in ERROR_KEYS):
         matches = all(training[k] == new.get(k) for k in ERROR_KEYS)
     merged["evaluate"] = {**info, "matches_training": matches, "training": training}
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    checkpoint.write_json(merged, path)
     return merged
 
 

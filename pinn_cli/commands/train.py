@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from ..errors import PinnError
+from ..errors import PinnError, SweepStopped
 from ..paths import config_dir
 
 log = logging.getLogger("pinn")
@@ -42,6 +44,9 @@ def train_task(cfg: DictConfig) -> float:
     if cfg.equation.get("name") == "custom" and choice not in (None, "custom"):
         with open_dict(cfg):  # a YAML equation (defaults: [custom]) is named after its file
             cfg.equation.name = choice
+    # a single run's error line is printed once by pinn's entry point; in a sweep each failing job says
+    # its own as it fails (the entry point names only the first, after every job has run)
+    quiet = FILE_ONLY if hc.mode != RunMode.MULTIRUN else {}
     try:
         check_keys(cfg, config_dir())
         members = cfg.trainer.get("ensemble", 1)
@@ -51,16 +56,26 @@ def train_task(cfg: DictConfig) -> float:
             metrics = run_ensemble(cfg, run_dir)
         else:
             metrics = run_training(cfg, run_dir)
-    except PinnError as err:  # into train.log (`pinn summarize` shows why a sweep job failed); the
-        log.error("%s", err, extra=FILE_ONLY)  # terminal gets the one line pinn's entry point prints
+    except PinnError as err:  # into train.log (`pinn summarize` shows why a sweep job failed)
+        log.error("%s", err, extra=quiet)
         raise
     except Exception as err:
         log.error("%s: %s", type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "",
-                  extra=FILE_ONLY)
+                  extra=quiet)
         raise
     if distributed.is_main():
         print_summary(metrics, run_dir)
+    if metrics.get("stopped_by") and hc.mode == RunMode.MULTIRUN and not _submitit_job():
+        raise SweepStopped(f"stopped by {metrics['stopped_by']} in job {hc.job.num} ({run_dir}); later jobs of "
+                           f"the sweep did not run: run it again with trainer.resume=auto to go on")
     return float(metrics["rel_l2"])
+
+
+def _submitit_job() -> bool:
+    """Whether submitit runs this job (it then requeues a preempted job itself)."""
+    import os
+
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_task)
@@ -73,5 +88,7 @@ def main() -> None:
     distributed.prepare_launch()
     try:
         _hydra_main()
+    except SweepStopped as stop:
+        print(f"pinn train: {stop}", file=sys.stderr)
     finally:
         distributed.shutdown()
