@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[command](rest)
     except PinnError as err:
-        print(f"pinn {command}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank meets a bad value; rank 0 names it
+            print(f"pinn {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"pinn {command}: interrupted", file=sys.stderr)

@@ -119,7 +119,7 @@ def local_device(device: torch.device) -> torch.device:
 
 def prepare_launch() -> None:
     """Before Hydra runs under torchrun: join the group, give every rank rank 0's ``${now:}`` (so all
-    ranks resolve the same run directory), and keep ranks > 0 from writing ``.hydra/``."""
+    ranks resolve the same run directory), and keep ranks > 0 from writing ``.hydra/`` and train.log."""
     info_only = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion")
     if _env_int("WORLD_SIZE", 1) <= 1 or any(a in info_only for a in sys.argv):
         return
@@ -127,8 +127,8 @@ def prepare_launch() -> None:
     stamp = [datetime.now().timestamp()]
     dist.broadcast_object_list(stamp, src=0)
     _fix_hydra_now(stamp[0])
-    if not ctx.is_main:
-        sys.argv.append("hydra.output_subdir=null")
+    if not ctx.is_main:  # rank 0 writes the run directory and train.log, and says what went wrong
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
 
 def _fix_hydra_now(timestamp: float) -> None:

@@ -121,6 +121,21 @@ def test_torchrun_without_steps_reports_the_global_loss(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_bad_input_is_said_once(tmp_path):
+    """Every rank meets a bad value; only rank 0 says it, on stderr and in train.log."""
+    run = tmp_path / "ddp"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pinn_cli", "train", *BASE, "optimizer.lr=bad", f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode != 0
+    said = "optimizer.lr='bad' is invalid"
+    assert res.stderr.count(f"pinn train: error: {said}") == 1, res.stderr[-3000:]
+    assert (run / "train.log").read_text().count(said) == 1
+
+
+@pytest.mark.slow
 def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     """`hydra.launcher.tasks_per_node=2` (here with submitit's local executor): the two tasks of the job join one
     process group through submitit's environment and train together, as `srun` tasks do on SLURM."""
