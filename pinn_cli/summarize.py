@@ -118,7 +118,7 @@ def swept_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
 
 
 def sort_jobs(jobs: list[Job]) -> list[Job]:
-    """Finished jobs by rel L2 (best first), then running, then failed."""
+    """Finished jobs by rel L2 (best first), then preempted, running and failed ones."""
     return sorted(jobs, key=lambda j: (_ORDER.get(j.status, 2), j.rel_l2 if j.rel_l2 is not None else math.inf,
                                        _natural(j.name)))
 

@@ -121,8 +121,13 @@ def _submitit_signal():
 
 @contextmanager
 def _preemption_handler():
+    import os
+
     stop = _Stop()
-    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), _submitit_signal()) if s is not None]
+    # inside submitit, SIGTERM stays submitit's (it ignores it: the requeue comes with its own signal, and a
+    # job that stopped on SIGTERM would end "completed", never requeued)
+    term = None if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGTERM
+    sigs = [s for s in (term, getattr(signal, "SIGUSR1", None), _submitit_signal()) if s is not None]
     try:
         old = {s: signal.signal(s, stop) for s in dict.fromkeys(sigs)}
     except ValueError:

@@ -135,6 +135,16 @@ def test_torchrun_bad_input_is_said_once(tmp_path):
     assert (run / "train.log").read_text().count(said) == 1
 
 
+def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pinn_cli", "train", "-m", "seed=0,1", *BASE, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+    )
+    assert res.returncode != 0 and not (tmp_path / "sweep").exists()
+    assert res.stderr.count("pinn train: error: a sweep (-m) does not run under torchrun") == 1
+
+
 @pytest.mark.slow
 def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     """`hydra.launcher.tasks_per_node=2` (here with submitit's local executor): the two tasks of the job join one

@@ -224,3 +224,16 @@ def test_a_resumed_run_is_not_reported_preempted_while_it_runs(tmp_path, monkeyp
     (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
     (tmp_path / "train.log").write_text("[2026-01-01 00:00:00,000][pinn][ERROR] - RuntimeError: out of memory\n")
     assert load_job(tmp_path, tmp_path).status == "failed"
+
+
+def test_inside_submitit_sigterm_is_left_to_submitit(monkeypatch):
+    """submitit ignores SIGTERM and requeues on its own signal; taking SIGTERM would end the job "completed"."""
+    import signal as sig
+
+    from pinn_cli.training import _preemption_handler
+
+    for executor, caught in (("", True), ("slurm", False)):
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", executor)
+        with _preemption_handler() as stop:
+            assert (sig.getsignal(sig.SIGTERM) is stop) == caught
+            assert sig.getsignal(sig.SIGUSR1) is stop
