@@ -15,14 +15,17 @@ def plot_loss(history: list[dict], terms: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = np.array([r["step"] for r in history])
     if len(steps):
-        ax.semilogy(steps, [r["loss"] for r in history], label="loss", color="black", lw=1.8)
-        for name in terms:
-            ax.semilogy(steps, [r[f"loss_{name}"] for r in history], label=f"loss {name}", lw=1)
+        ax.semilogy(steps, [r["loss"] for r in history], label="loss (weighted total)", color="black", lw=1.8)
+        colors = plt.cm.tab10(np.linspace(0, 1, 10))[[0, 1, 2, 4, 5, 6, 8, 9]]  # tab10 without red and grey
+        for i, name in enumerate(terms):
+            ax.semilogy(steps, [r[f"loss_{name}"] for r in history], label=f"loss {name} (mean square)", lw=1,
+                        color=colors[i % len(colors)])
         ev = [(r["step"], r["rel_l2"]) for r in history if r.get("rel_l2") not in (None, "")]
         if ev:
             s, e = zip(*ev)
             ax.semilogy(s, e, "o--", label="rel L2 (eval)", color="tab:red", ms=3)
     ax.set_xlabel("step")
+    ax.set_ylabel("loss, mean-square terms, rel L2")
     ax.grid(True, which="both", alpha=0.3)
     if len(steps):
         ax.legend(fontsize=8)
@@ -51,13 +54,15 @@ def plot_solution(x: np.ndarray, axes: list[np.ndarray], pred: np.ndarray, exact
     else:
         shape = tuple(len(a) for a in axes)
         sl = (slice(None), slice(None)) + tuple(len(a) // 2 for a in axes[2:])
+        where = ", ".join(f"{n} = {a[len(a) // 2]:.3g}" for n, a in zip(inputs[2:], axes[2:]))
+        title = f"{title}\n(max |err| over the domain; panels: the slice {where})" if where else title
         fig, ax = plt.subplots(n_out, 3, figsize=(14, 4 * n_out), squeeze=False)
         extent = [axes[1][0], axes[1][-1], axes[0][0], axes[0][-1]]
         for k in range(n_out):
             p = pred[:, k].reshape(shape)[sl]
             e = exact[:, k].reshape(shape)[sl]
-            ref = e[np.isfinite(e)] if np.isfinite(e).any() else p[np.isfinite(p)]  # NaN: outside the domain
-            vmin, vmax = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)
+            ref = np.concatenate([e[np.isfinite(e)], p[np.isfinite(p)]])  # NaN: outside the domain
+            vmin, vmax = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)  # overshoot shows
             for j, (img, name) in enumerate(((p, "PINN"), (e, "exact"), (np.abs(p - e), "|error|"))):
                 kw = {} if j == 2 else {"vmin": vmin, "vmax": vmax}
                 im = ax[k, j].imshow(img, origin="lower", aspect="auto", extent=extent, cmap="viridis" if j < 2 else "magma", **kw)

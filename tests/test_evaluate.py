@@ -141,3 +141,23 @@ def test_without_metrics_json_every_figure_comes_from_the_checkpoint(trained, tm
     for key in ("rel_l2", "max_abs_error", "rmse", "steps", "final_loss", "status", "equation", "n_params"):
         assert out[key] == before[key], key
     assert abs(out["wall_time_s"] - before["wall_time_s"]) < 0.5 * before["wall_time_s"] + 0.5
+
+
+def test_another_runs_checkpoint_is_refused_and_nothing_is_rewritten(trained, tmp_path):
+    run = fresh_copy(trained, tmp_path)
+    other = tmp_path / "other"
+    run_training(make_cfg("equation=poisson2d", *FAST, "seed=5"), other)
+    before = (run / "metrics.json").read_text()
+    with pytest.raises(PinnError, match="is from another run \\(seed differs"):
+        evaluate.main([str(run), "--checkpoint", str(other / "checkpoints" / "last.pt")])
+    assert (run / "metrics.json").read_text() == before
+    copy = tmp_path / "copy.pt"
+    shutil.copy(run / "checkpoints" / "last.pt", copy)  # a copy of this run's own checkpoint is fine
+    evaluate.main([str(run), "--checkpoint", str(copy)])
+    assert json.loads((run / "metrics.json").read_text())["evaluate"]["matches_training"] is True
+
+
+def test_a_resolution_beyond_memory_is_a_one_line_error(trained, tmp_path):
+    run = fresh_copy(trained, tmp_path)
+    with pytest.raises(PinnConfigError, match=r"evaluate.resolution=3000 asks for 3000\^2 = 9e\+06 points"):
+        evaluate.main([str(run), "evaluate.resolution=3000"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import checkpoint
 from ..errors import PinnConfigError, PinnError
 
+MAX_EVAL_POINTS = 4_000_000  # an evaluation set beyond this does not fit a typical machine's memory
 USAGE = "usage: pinn evaluate <run_dir> [--checkpoint PATH] [evaluate.resolution=N] [device=cpu]"
 ERROR_KEYS = ("rel_l2", "max_abs_error", "rmse")
 MODEL_KEYS = ("steps", "final_loss", "wall_time_s")  # what describes the evaluated model besides its errors
@@ -93,12 +94,37 @@ def open_run(run_dir: Path, ckpt: str | None = None, overrides: dict | None = No
             raise PinnError(f"{run_dir} has no checkpoints/best.pt or checkpoints/last.pt; is it a pinn run directory?")
         path = found[0]
     state = checkpoint.load(path)
+    _check_same_run(run_dir, path, state)
     cfg = OmegaConf.create(state["config"])
     with open_dict(cfg):
         for key, value in (overrides or {}).items():
             OmegaConf.update(cfg, key, value, merge=False)
         cfg.trainer.progress = False
     return path, state, cfg
+
+
+SAME_RUN_KEYS = ("equation", "network", "seed", "sampler", "domain")
+
+
+def _check_same_run(run_dir: Path, path: Path, state: dict) -> None:
+    """A checkpoint from elsewhere must be of this directory's run: its figures and plots are rewritten
+    with the run's own history.csv, so another run's model would leave a mix of the two."""
+    from .. import checkpoint
+
+    own = [p for p in (run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt") if p.is_file()]
+    if not own or any(path.resolve() == p.resolve() for p in own):
+        return
+    try:
+        mine = checkpoint.load(own[0]).get("config", {})
+    except PinnError:  # an unreadable own checkpoint: nothing to compare with
+        return
+    theirs = state.get("config", {})
+    differ = next((k for k in SAME_RUN_KEYS if mine.get(k) != theirs.get(k)), None)
+    if differ:
+        raise PinnError(
+            f"checkpoint {path} is from another run ({differ} differs from {run_dir}'s); evaluate it in its own "
+            f"run directory"
+        )
 
 
 def read_history(run_dir: Path, state: dict) -> list[dict]:
@@ -177,7 +203,13 @@ def evaluate_single(cfg, state: dict, run_dir: Path, resolution: int | None) -> 
     setup.net.eval()
     ev = setup.evaluator
     if resolution is not None:
-        ev = Evaluator(setup.equation, setup.domain, resolution ** setup.domain.dim, setup.device, setup.dtype)
+        n, dim = resolution ** setup.domain.dim, setup.domain.dim
+        if n > MAX_EVAL_POINTS:
+            raise PinnConfigError(
+                f"evaluate.resolution={resolution} asks for {resolution}^{dim} = {n:.3g} points in {dim} dimensions; "
+                f"at most {MAX_EVAL_POINTS:.0e} (evaluate.resolution <= {int(MAX_EVAL_POINTS ** (1 / dim))})"
+            )
+        ev = Evaluator(setup.equation, setup.domain, n, setup.device, setup.dtype)
     metrics = ev.metrics(setup.net)
     eq = setup.equation
     plots.plot_solution(
