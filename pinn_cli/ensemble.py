@@ -721,6 +721,11 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         raise PinnConfigError("trainer.ensemble runs in one process; launch it without torchrun/several tasks")
     if cfg.trainer.get("causal_chunks"):
         raise PinnConfigError("trainer.causal_chunks is not supported with trainer.ensemble > 1; use one or the other")
+    from .speed import compile_setting
+
+    if compile_setting(cfg.trainer.get("compile", "auto")) not in ("auto", "false"):
+        log.warning("trainer.compile=%s: an ensemble runs its vmapped torch.func loss eagerly; training "
+                    "continues in eager mode", cfg.trainer.compile)
     ens = Ensemble(cfg)
     n = ens.n
     t_cfg = cfg.trainer

@@ -309,6 +309,11 @@ class Problem:
             setting = "false"
         self._compiled = CompiledLoss(self._loss, trainable(self.net), setting, calls_expected, self.device)
 
+    def expect_calls(self, n: int) -> None:
+        """About how many more loss calls this run makes (a resumed run: the steps left)."""
+        if self._compiled is not None:
+            self._compiled.calls_expected = self._compiled.calls + n
+
     @property
     def compiled(self) -> bool:
         """Whether :meth:`loss` runs compiled code (after ``configure`` and its first calls)."""

@@ -301,6 +301,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         step, best, history = state["step"], state["best_rel_l2"], state["history"]
         elapsed_before = state.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", resume, step)
+        problem.expect_calls(total - step)  # trainer.compile=auto weighs the steps still ahead
         if ctx.is_main:  # the earlier segment's figures are in history.csv and the checkpoints; until this
             (run_dir / "metrics.json").unlink(missing_ok=True)  # run ends it is running, not preempted
 

@@ -286,3 +286,12 @@ def test_rad_members_follow_their_single_runs(tmp_path):
         hist = read_csv(tmp_path / f"single{i}/history.csv")
         np.testing.assert_allclose([float(r[f"loss_m{i}"]) for r in rows], [float(r["loss"]) for r in hist], rtol=1e-9)
         assert ens["members"][i]["rel_l2"] == pytest.approx(single["rel_l2"], rel=1e-8)
+
+
+def test_compile_setting_is_checked_and_true_is_said_to_run_eager(tmp_path, caplog):
+    with pytest.raises(PinnConfigError, match="trainer.compile='maybe' is not known"):
+        run_ensemble(make_cfg("trainer.ensemble=2", "trainer.compile=maybe", *SMALL), tmp_path / "a")
+    with caplog.at_level("WARNING", logger="pinn"):
+        run_ensemble(make_cfg("trainer.ensemble=2", "trainer.compile=true", "trainer.steps=2", "optimizer=adam",
+                              *SMALL), tmp_path / "b")
+    assert sum("an ensemble runs its vmapped torch.func loss eagerly" in r.message for r in caplog.records) == 1

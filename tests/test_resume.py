@@ -237,3 +237,19 @@ def test_inside_submitit_sigterm_is_left_to_submitit(monkeypatch):
         with _preemption_handler() as stop:
             assert (sig.getsignal(sig.SIGTERM) is stop) == caught
             assert sig.getsignal(sig.SIGUSR1) is stop
+
+
+def test_a_resumed_run_weighs_only_the_steps_left_for_compile_auto(tmp_path, monkeypatch):
+    from conftest import signal_at_adam_step
+
+    from pinn_cli.problem import Problem
+
+    base = ["equation=ode_decay", "optimizer=adam", "sampler.n_interior=32", "device=cpu", "trainer.steps=20",
+            "trainer.log_every=5", "trainer.eval_points=100", "network.width=8", "trainer.compile=auto"]
+    signal_at_adam_step(monkeypatch, 7)
+    part = run_training(make_cfg(*base), tmp_path)
+    monkeypatch.undo()  # no signal in the resumed run
+    seen, real = [], Problem.expect_calls
+    monkeypatch.setattr(Problem, "expect_calls", lambda self, n: seen.append(n) or real(self, n))
+    run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path)
+    assert seen == [20 - part["steps"]] and part["steps"] < 20
