@@ -123,7 +123,14 @@ def test_an_older_best_checkpoint_is_described_as_itself(trained, tmp_path):
     state = checkpoint.load(run / "checkpoints/last.pt")
     state.update(step=20, elapsed_s=1.25)
     checkpoint.save(state, run / "checkpoints/best.pt")
-    evaluate.main([str(run)])
+    from pinn_cli import plots
+
+    titles = []
+    real = plots.plot_solution
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "plot_solution", lambda *a: titles.append(a[6]) or real(*a))
+        evaluate.main([str(run)])
+    assert titles and titles[0].endswith("(pinn evaluate: the model of step 20)")  # the figure says which model
     out = json.loads((run / "metrics.json").read_text())
     with open(run / "history.csv", newline="") as fh:
         loss_at_20 = next(float(r["loss"]) for r in csv.DictReader(fh) if float(r["step"]) == 20)

@@ -214,7 +214,8 @@ def evaluate_single(cfg, state: dict, run_dir: Path, resolution: int | None) -> 
     eq = setup.equation
     plots.plot_solution(
         *ev.plot_data(setup.net), eq.inputs, eq.outputs,   # the plotting grid, NaN outside a disk/polygon
-        f"{eq.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e}",
+        f"{eq.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e} "
+        f"(pinn evaluate: the model of step {state.get('step')})",
         run_dir / "solution.png",
     )
     history = read_history(run_dir, state)
