@@ -13,30 +13,27 @@ from .errors import PinnError
 
 
 def write_json(obj: dict, path: Path) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename, so no reader sees a torn file."""
+    """Write ``obj`` as JSON so a reader sees either the old or the new file, never a torn one."""
     import json
 
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(obj, indent=2) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic(path, "w", lambda fh: fh.write(json.dumps(obj, indent=2) + "\n"))
 
 
 def save(obj: dict, path: Path) -> None:
     """Write ``obj`` to ``path`` so a reader sees either the old or the new file, never a torn one."""
+    _atomic(path, "wb", lambda fh: torch.save(obj, fh))
+
+
+def _atomic(path: Path, mode: str, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, synced, then renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint is as readable as the other run files
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; run files are as readable as the others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

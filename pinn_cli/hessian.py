@@ -316,7 +316,7 @@ def targets(problem, names: Sequence[str] | None = None, chunk: int = 0
 
     known = [t.name for t in problem.terms]
     chosen = known if names is None else [str(x) for x in names if str(x) != "total"]
-    causal = getattr(problem, "causal", None)
+    causal = problem.causal
     if causal is not None:  # the PDE term as training weights it: chunk weights at these parameters, constant
         problem.freeze_causal()
     bad = [x for x in chosen if x not in known]

@@ -16,7 +16,7 @@ def plot_loss(history: list[dict], terms: list[str], path: Path) -> None:
     steps = np.array([r["step"] for r in history])
     if len(steps):
         ax.semilogy(steps, [r["loss"] for r in history], label="loss (weighted total)", color="black", lw=1.8)
-        colors = plt.cm.tab10(np.linspace(0, 1, 10))[[0, 1, 2, 4, 5, 6, 8, 9]]  # tab10 without red and grey
+        colors = [plt.cm.tab10.colors[i] for i in (0, 1, 2, 4, 5, 6, 8, 9)]  # tab10 without red and grey
         for i, name in enumerate(terms):
             ax.semilogy(steps, [r[f"loss_{name}"] for r in history], label=f"loss {name} (mean square)", lw=1,
                         color=colors[i % len(colors)])

@@ -119,14 +119,19 @@ def _submitit_signal():
     return sig if sig is not None and callable(signal.getsignal(sig)) else None
 
 
-@contextmanager
-def _preemption_handler():
+def inside_submitit() -> bool:
+    """Whether submitit runs this process (it requeues a preempted job itself, on its own signal)."""
     import os
 
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+@contextmanager
+def _preemption_handler():
     stop = _Stop()
     # inside submitit, SIGTERM stays submitit's (it ignores it: the requeue comes with its own signal, and a
     # job that stopped on SIGTERM would end "completed", never requeued)
-    term = None if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGTERM
+    term = None if inside_submitit() else signal.SIGTERM
     sigs = [s for s in (term, getattr(signal, "SIGUSR1", None), _submitit_signal()) if s is not None]
     try:
         old = {s: signal.signal(s, stop) for s in dict.fromkeys(sigs)}

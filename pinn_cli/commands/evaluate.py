@@ -74,8 +74,6 @@ def open_run(run_dir: Path, ckpt: str | None = None, overrides: dict | None = No
     """Checkpoint path, its contents and its config (with ``overrides`` applied) for a run directory."""
     from omegaconf import OmegaConf, open_dict
 
-    from .. import checkpoint
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise PinnError(f"{run_dir} is a file; give a run directory (one with checkpoints/ and .hydra/)")
@@ -109,8 +107,6 @@ SAME_RUN_KEYS = ("equation", "network", "seed", "sampler", "domain")
 def _check_same_run(run_dir: Path, path: Path, state: dict) -> None:
     """A checkpoint from elsewhere must be of this directory's run: its figures and plots are rewritten
     with the run's own history.csv, so another run's model would leave a mix of the two."""
-    from .. import checkpoint
-
     own = [p for p in (run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt") if p.is_file()]
     if not own or any(path.resolve() == p.resolve() for p in own):
         return

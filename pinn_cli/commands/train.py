@@ -35,7 +35,7 @@ def train_task(cfg: DictConfig) -> float:
     from .. import distributed
     from ..config import check_keys
     from ..summary import print_summary
-    from ..training import run_training
+    from ..training import inside_submitit, run_training
 
     _console_skips_file_only()
     hc = HydraConfig.get()
@@ -65,17 +65,10 @@ def train_task(cfg: DictConfig) -> float:
         raise
     if distributed.is_main():
         print_summary(metrics, run_dir)
-    if metrics.get("stopped_by") and hc.mode == RunMode.MULTIRUN and not _submitit_job():
+    if metrics.get("stopped_by") and hc.mode == RunMode.MULTIRUN and not inside_submitit():
         raise SweepStopped(f"stopped by {metrics['stopped_by']} in job {hc.job.num} ({run_dir}); later jobs of "
                            f"the sweep did not run: run it again with trainer.resume=auto to go on")
     return float(metrics["rel_l2"])
-
-
-def _submitit_job() -> bool:
-    """Whether submitit runs this job (it then requeues a preempted job itself)."""
-    import os
-
-    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(train_task)
