@@ -5,7 +5,7 @@ import os
 import re
 import sys
 
-from .errors import PinnError
+from .errors import PinnError, say_once
 
 HELP = """usage: pinn <command> [options]
 
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[command](rest)
     except PinnError as err:
-        if os.environ.get("RANK", "0") == "0":  # every rank meets a bad value; rank 0 names it
-            print(f"pinn {command}: error: {err}", file=sys.stderr)
+        say_once(f"pinn {command}: error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"pinn {command}: interrupted", file=sys.stderr)
@@ -118,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         from omegaconf.errors import OmegaConfBaseException
 
         if isinstance(err, (HydraException, OmegaConfBaseException)):
-            print(f"pinn {command}: error: {_one_line(err)}", file=sys.stderr)
+            say_once(f"pinn {command}: error: {_one_line(err)}")
             sys.exit(2)
-        print(f"pinn {command}: error: {type(err).__name__}: {_one_line(err)} "
-              "(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        say_once(f"pinn {command}: error: {type(err).__name__}: {_one_line(err)} "
+                 "(set HYDRA_FULL_ERROR=1 for the traceback)")
         sys.exit(1)

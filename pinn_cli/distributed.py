@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import say_once
+
 log = logging.getLogger("pinn")
 
 
@@ -124,9 +126,8 @@ def prepare_launch() -> None:
     if _env_int("WORLD_SIZE", 1) <= 1 or any(a in info_only for a in sys.argv):
         return
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-        if _env_int("RANK", 0) == 0:
-            print("pinn train: error: a sweep (-m) does not run under torchrun; launch one job per torchrun, "
-                  "or sweep with hydra/launcher=slurm_gpu and hydra.launcher.tasks_per_node", file=sys.stderr)
+        say_once("pinn train: error: a sweep (-m) does not run under torchrun; launch one job per torchrun, "
+                 "or sweep with hydra/launcher=slurm_gpu and hydra.launcher.tasks_per_node")
         sys.exit(2)
     ctx = init()
     stamp = [datetime.now().timestamp()]

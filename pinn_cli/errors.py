@@ -12,3 +12,24 @@ class PinnConfigError(PinnError, ValueError):
 class SweepStopped(BaseException):
     """A signal stopped a job of a local sweep: once the job has saved, the sweep ends (a BaseException,
     so Hydra's launcher, which records an Exception as a failed job and goes on, lets it through)."""
+
+
+RANK_GRACE_S = 15.0
+
+
+def say_once(line: str) -> None:
+    """Print an error line to stderr once across torchrun ranks. Every rank usually meets the same bad
+    value; rank 0 says it. A rank > 0 waits first: torchrun ends every rank as soon as one exits, so if
+    it exited at once rank 0 could be killed before saying anything. If rank 0 did not fail (the
+    problem is this rank's own), the line comes after the wait, naming the rank."""
+    import os
+    import signal
+    import sys
+    import time
+
+    rank = os.environ.get("RANK", "0")
+    if rank != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(RANK_GRACE_S)
+        line = f"{line} (rank {rank})"
+    print(line, file=sys.stderr, flush=True)

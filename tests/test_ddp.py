@@ -135,6 +135,29 @@ def test_torchrun_bad_input_is_said_once(tmp_path):
     assert (run / "train.log").read_text().count(said) == 1
 
 
+@pytest.mark.parametrize("rank, expect", [("0", "pinn train: error: bad\n"),
+                                           ("1", "pinn train: error: bad (rank 1)\n")])
+def test_rank_above_zero_waits_before_it_says_an_error(monkeypatch, capsys, rank, expect):
+    """A rank > 0 exiting at once let torchrun kill rank 0 before it said the error (CI saw no line at
+    all): it waits, and if still alive after the wait (rank 0 did not fail), says it with its rank."""
+    import signal
+    import time
+
+    from pinn_cli import errors
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(errors, "RANK_GRACE_S", 0.2)
+    handler = signal.getsignal(signal.SIGTERM)
+    start = time.monotonic()
+    try:
+        errors.say_once("pinn train: error: bad")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert capsys.readouterr().err == expect
+    assert (time.monotonic() - start >= 0.2) == (rank != "0")
+
+
 def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
