@@ -115,6 +115,13 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
     assert expected not in res.stdout  # said once (train.log keeps it too)
 
 
+def test_a_sweep_with_cfg_is_one_line(tmp_path):
+    res = pinn("train", "-m", "--cfg", "job", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().endswith("-m cannot be combined with --cfg or --info"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "sweep").exists()
+
+
 def test_unknown_command():
     res = pinn("frobnicate")
     assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr

@@ -83,5 +83,9 @@ def main() -> None:
         _hydra_main()
     except SweepStopped as stop:
         print(f"pinn train: {stop}", file=sys.stderr)
+    except ValueError as err:  # Hydra's own usage error for two run modes at once (-m with --cfg)
+        if str(err).startswith("Only one of --run"):
+            raise PinnError(f"{err}; -m cannot be combined with --cfg or --info") from None
+        raise
     finally:
         distributed.shutdown()
