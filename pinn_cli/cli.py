@@ -39,14 +39,39 @@ class _QuietJobErrors:
         return getattr(self._stream, name)
 
 
+def flags_first(argv: list[str]) -> list[str]:
+    """Hydra's flags (with their values) ahead of the overrides: Hydra's argparse takes overrides in one
+    run, so `pinn train equation=burgers -m seed=0,1` would stop at "unrecognized arguments"."""
+    from hydra._internal.utils import get_args_parser
+
+    actions = {o: a for a in get_args_parser()._actions for o in a.option_strings}
+    flags: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        action = actions.get(arg)
+        if action is None:
+            (flags if arg.startswith("-") else rest).append(arg)
+            continue
+        flags.append(arg)
+        if action.nargs is None:
+            flags += [v for v in [next(args, None)] if v is not None]
+        elif action.nargs == "?":
+            nxt = next(args, None)
+            if nxt is not None:
+                (flags if nxt in (action.choices or ()) else rest).append(nxt)
+    return flags + rest
+
+
 def _commands() -> dict:
     from .commands import list as list_cmd
 
     def train(argv: list[str]) -> None:
         from .commands.train import main as train_main
 
-        sys.argv = [sys.argv[0], *argv]
+        argv = flags_first(argv)
         multirun = any(a in ("-m", "--multirun") for a in argv)
+        sys.argv = [sys.argv[0], *argv]
         stderr = sys.stderr
         if not multirun:
             sys.stderr = _QuietJobErrors(stderr)

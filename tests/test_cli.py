@@ -65,7 +65,8 @@ def test_train_writes_a_complete_run_directory(tmp_path):
 
 
 def test_multirun_gives_each_job_its_own_directory(tmp_path):
-    res = pinn("train", "-m", "equation=heat,poisson2d", f"hydra.sweep.dir={tmp_path}", *FAST)
+    """-m may come after an override, as users type it (Hydra's own parser wants it first)."""
+    res = pinn("train", f"hydra.sweep.dir={tmp_path}", "-m", "equation=heat,poisson2d", *FAST)
     assert res.returncode == 0, res.stderr
     for job in ("0", "1"):
         assert (tmp_path / job / "metrics.json").is_file()
