@@ -200,7 +200,7 @@ def test_cli_reports_a_bad_expression_in_one_line(tmp_path):
     root = user_dir(tmp_path, {"evil": MY_HEAT.replace('"u_t - alpha*u_xx"', '"__import__(\'os\').getcwd()"')})
     res = subprocess.run([sys.executable, "-m", "pinn_cli", "train", "-cd", str(root), "equation=evil",
                           f"hydra.run.dir={tmp_path / 'run'}", "trainer.progress=false"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert "attribute access '.getcwd'" in lines[-1] and "Traceback" not in res.stderr

@@ -135,9 +135,9 @@ def test_torchrun_bad_input_is_said_once(tmp_path):
     assert (run / "train.log").read_text().count(said) == 1
 
 
-@pytest.mark.parametrize("rank, expect", [("0", "pinn train: error: bad\n"),
-                                           ("1", "pinn train: error: bad (rank 1)\n")])
-def test_rank_above_zero_waits_before_it_says_an_error(monkeypatch, capsys, rank, expect):
+@pytest.mark.parametrize("rank, expect, waits", [("0", "pinn train: error: bad\n", []),
+                                                  ("1", "pinn train: error: bad (rank 1)\n", [15.0])])
+def test_rank_above_zero_waits_before_it_says_an_error(monkeypatch, capsys, rank, expect, waits):
     """A rank > 0 exiting at once let torchrun kill rank 0 before it said the error (CI saw no line at
     all): it waits, and if still alive after the wait (rank 0 did not fail), says it with its rank."""
     import signal
@@ -147,15 +147,15 @@ def test_rank_above_zero_waits_before_it_says_an_error(monkeypatch, capsys, rank
 
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(errors, "RANK_GRACE_S", 0.2)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
     handler = signal.getsignal(signal.SIGTERM)
-    start = time.monotonic()
     try:
         errors.say_once("pinn train: error: bad")
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert capsys.readouterr().err == expect
-    assert (time.monotonic() - start >= 0.2) == (rank != "0")
+    assert slept == waits
 
 
 def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
@@ -180,8 +180,8 @@ def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     sweep = tmp_path / "sweep"
     res = subprocess.run(
         [sys.executable, "-m", "pinn_cli", "train", "-m", "hydra/launcher=submitit_local",
-         "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}", *base],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=_env(),
+         "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", *base],
+        cwd=REPO, capture_output=True, text=True, timeout=660, env=_env(),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")}

@@ -120,10 +120,10 @@ def test_missing_or_empty_directory_is_a_one_line_error(tmp_path):
 def test_cli(sweep):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "pinn_cli", "summarize", str(sweep)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
     assert "network.width" in res.stdout and "summary.csv" in res.stdout
     res = subprocess.run([sys.executable, "-m", "pinn_cli", "summarize", str(sweep / "missing")], cwd=REPO,
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "is not a directory" in res.stderr
