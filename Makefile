@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
@@ -18,8 +19,9 @@ $(STAMP): pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		echo "GPU found: installing the default (CUDA) torch"; \
 	else \
-		echo "no GPU: installing the CPU build of torch"; \
-		$(BIN)/pip install -q "$(TORCH_CPU)" || $(BIN)/pip install -q "torch>=2.4"; \
+		echo "no GPU: installing the CPU build of torch (a local wheel, else download.pytorch.org/whl/cpu)"; \
+		$(BIN)/pip install -q --retries 1 --timeout 15 --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH_CPU)" \
+			|| $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) "torch>=2.4"; \
 	fi
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)

@@ -107,6 +107,14 @@ def _one_line(err: BaseException) -> str:
         paths = re.findall(r"path=file://(\S+)", text)
         where = f" in {', '.join(paths)}" if paths else ""
         return f"config {primary.group(1)!r} (--config-name) not found{where}"
+    override = re.search(r"Could not override '([^']+)'", text)
+    if override:  # a typo such as trainer.stpes=10: Hydra's line would advise +trainer.stpes=10
+        from .config import misspelt_key
+        from .paths import config_dir
+
+        line = misspelt_key(override.group(1), config_dir())
+        if line:
+            return line
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
 
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[command](rest)
     except PinnError as err:
+        if user_full_error:
+            raise
         say_once(f"pinn {command}: error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -130,9 +130,23 @@ def check_keys(cfg: DictConfig, root: Path) -> None:
     known = known_keys(root)
     given = {str(k) for k in cfg} | {p for s in CHECKED_SECTIONS if s in cfg for p in _paths(cfg._get_node(s), s)}
     for key in sorted(given - known - {"hydra"}):
-        section, _, _ = key.rpartition(".")
-        peers = sorted(k for k in known if k.rpartition(".")[0] == section)
-        near = difflib.get_close_matches(key, peers, n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        where = f"a key of {section}" if section else "a top-level key"
-        raise PinnConfigError(f"{key} is not {where}; {hint}known: {', '.join(p.rpartition('.')[2] for p in peers)}")
+        raise PinnConfigError(unknown_key(key, known))
+
+
+def unknown_key(key: str, known: set[str]) -> str:
+    """The line for a key nobody reads: its section's keys, and the nearest as a guess."""
+    section, _, name = key.rpartition(".")
+    peers = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section)
+    near = difflib.get_close_matches(name, peers, n=1)
+    hint = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
+    where = f"a key of {section}" if section else "a top-level key"
+    return f"{key} is not {where}; {hint}known: {', '.join(peers)}"
+
+
+def misspelt_key(key: str, root: Path) -> str | None:
+    """For Hydra's "Could not override 'trainer.stpes'" (a key the config lacks, given without +): the
+    line naming the section's keys and the nearest, where the key sits in a checked section (there a
+    + would be refused as well, so Hydra's advice to add one misleads)."""
+    if key.partition(".")[0] not in CHECKED_SECTIONS:
+        return None
+    return unknown_key(key, known_keys(root))

@@ -291,9 +291,15 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     step, best, elapsed_before = 0, math.inf, 0.0
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
     refuse_used_run_dir(resume, run_dir)
+    if resume is None and t_cfg.get("resume") == "auto":
+        log.info("trainer.resume=auto: no checkpoint in %s, so training starts at step 0", ckpt_dir)
     if resume is not None:
         state = checkpoint.load(resume)
         _check_compatible(state, config_dict, resume)
+        changed = changed_settings(state["config"], config_dict)
+        if changed:
+            log.warning("resuming with settings changed since the checkpoint: %s; its training points, "
+                        "optimizer state and random streams carry on", ", ".join(changed))
         try:
             net.load_state_dict(state["model"])
         except RuntimeError:
@@ -422,6 +428,24 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     distributed.share(metrics)
     stop.chain(signal.Signals[stopped_by] if stopped_by else None)
     return metrics
+
+
+RESUME_FREE = {"trainer.steps", "trainer.resume", "trainer.log_every", "trainer.eval_every",
+               "trainer.checkpoint_every", "trainer.progress", "trainer.compile"}  # meant to change on a resume
+
+
+def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key old -> new`` for every leaf that differs between two resolved configs (keys a resume is
+    meant to change, such as ``trainer.steps``, left out)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_settings(a, b, f"{path}.")
+        elif a != b and path not in RESUME_FREE:
+            out.append(f"{path} {a} -> {b}")
+    return out
 
 
 def _check_compatible(state: dict, config: dict, path: Path) -> None:

@@ -97,6 +97,8 @@ def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
         ("network.fourier_sigma=-1 network.fourier_features=8", "network.fourier_sigma=-1 is invalid"),
         ("trainer.causal_chunks=4 equation=poisson2d", "trainer.causal_chunks=4: equation poisson2d has no time input"),
         ("+trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
+        ("trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
+        ("trainer.zzz=1", "trainer.zzz is not a key of trainer; known: causal_chunks,"),
         ("trainer.ensemble=true", "trainer.ensemble=True is invalid; it must be a positive integer"),
         ("--config-name nosuch", "config 'nosuch' (--config-name) not found in"),
     ],
@@ -121,6 +123,12 @@ def test_a_sweep_with_cfg_is_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().endswith("-m cannot be combined with --cfg or --info"), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "sweep").exists()
+
+
+def test_hydra_full_error_shows_the_traceback_of_pinns_own_checks(tmp_path):
+    res = pinn("train", f"hydra.run.dir={tmp_path / 'run'}", *FAST, "sampler.n_interior=-5", env={"HYDRA_FULL_ERROR": "1"})
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert "PinnConfigError: sampler.n_interior=-5 is invalid" in res.stderr
 
 
 def test_unknown_command():

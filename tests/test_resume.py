@@ -253,3 +253,21 @@ def test_a_resumed_run_weighs_only_the_steps_left_for_compile_auto(tmp_path, mon
     monkeypatch.setattr(Problem, "expect_calls", lambda self, n: seen.append(n) or real(self, n))
     run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path)
     assert seen == [20 - part["steps"]] and part["steps"] < 20
+
+
+def test_a_resume_names_the_settings_changed_since_its_checkpoint(tmp_path, caplog):
+    """The checkpoint's points and optimizer state carry on, so a changed sampler size or lr would be
+    silently ineffective: the resume says which settings differ (not steps, which a resume extends)."""
+    import logging
+
+    base = ["equation=ode_decay", "optimizer=adam", "sampler.n_interior=32", "device=cpu", "trainer.steps=10",
+            "trainer.log_every=5", "trainer.eval_points=100", "network.width=8"]
+    with caplog.at_level(logging.INFO, logger="pinn"):
+        run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path)
+        assert any("trainer.resume=auto: no checkpoint in" in r.message for r in caplog.records)
+        caplog.clear()
+        run_training(make_cfg(*base, "trainer.resume=auto", "trainer.steps=20", "sampler.n_interior=64",
+                              "optimizer.lr=0.01"), tmp_path)
+    (warning,) = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert "changed since the checkpoint: optimizer.lr 0.001 -> 0.01, sampler.n_interior 32 -> 64;" in warning
+    assert "trainer.steps" not in warning
