@@ -3,11 +3,14 @@
 Usage: python benchmarks/speed.py [--quick] [--deepxde] [--no-compile] [--steps N] [--threads N] ...
 
 One process, side by side: for each equation (heat, poisson2d, burgers) every variant starts from
-the same initial weights and trains on the same points (8192 interior + 1024 boundary/initial,
-MLP 2 -> [50] x 4 -> 1 tanh, float32, Adam lr 1e-3). Variants take turns in rounds of a few steps,
-so a change in machine load hits them all alike. Reported: median and min ms per step, ratios to
-nested autograd and to DeepXDE, peak memory of a step, and rel L2 against the exact solution after
-the same number of steps (speed must not be bought with accuracy). The last line is JSON.
+the same initial weights and minimises the same loss on the same points (8192 interior + 1024
+boundary/initial, MLP 2 -> [50] x 4 -> 1 tanh, float32, Adam lr 1e-3). Variants take turns in
+rounds of a few steps, in a fresh random order each round; a ratio is the median over rounds of
+the two variants' medians within the same round, so a load burst hits both sides of it. Reported:
+median and min ms per step, those paired ratios to nested autograd and to DeepXDE with their
+spread, compile time, peak memory of a step, rel L2 against the exact solution after the same
+number of steps, and the largest weight difference from nested autograd's network (the same
+numerics, not only a similar error). The last line is JSON.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -44,6 +48,8 @@ EQUATIONS = ("heat", "poisson2d", "burgers")
 NESTED = "nested autograd"
 DEEPXDE = "DeepXDE"
 DEFAULT = "pinn forward"  # what `pinn train` uses: derivatives=auto resolves to forward on an MLP
+CONTROL = "pinn autograd"  # the same algorithm as nested autograd: its ratio says how noisy the run was
+DEEPXDE_VERSION = "1.15.0"
 StepFn = Callable[[], None]
 
 
@@ -56,9 +62,12 @@ class Variant:
     predict: Callable[[torch.Tensor], torch.Tensor] | None
     note: str = ""
     times: list[float] = field(default_factory=list)
+    rounds: list[list[float]] = field(default_factory=list)  # step times, one list per round
     steps_done: int = 0
+    compile_s: float | None = None
     peak_mb: float | None = None
     rel_l2: float | None = None
+    max_dw: float | None = None
 
 
 def make_cfg(equation: str, args: argparse.Namespace, derivatives: str):
@@ -161,24 +170,37 @@ def pinn_variants(equation: str, base, args) -> list[Variant]:
             if compiled:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    t0 = time.perf_counter()
                     step()  # compiles (or falls back to eager, logging why)
+                    compile_s = time.perf_counter() - t0
                 if not setup.problem.compiled:
                     why = "needs double backward" if engine == "autograd" else "see the log"
                     out.append(Variant(name, None, None, f"fails ({why}): pinn falls back to eager"))
                     continue
-                note = "1 step taken while compiling"
+                note = "1 step taken while compiling (inductor's on-disk cache may be warm)"
             v = Variant(name, step, setup.net, note)
             v.steps_done = 1 if compiled else 0
+            v.compile_s = compile_s if compiled else None
             out.append(v)
     return out
 
 
 def deepxde_variant(equation: str, base, points, args) -> Variant:
-    """DeepXDE's own API (PyTorch backend) on the same points and initial weights."""
+    """DeepXDE's own API (PyTorch backend) on the same points, loss and initial weights: the interior
+    points as anchors, the boundary and initial values as ``PointSetBC`` (its ``DirichletBC``/``IC`` on
+    anchors would also average the PDE residual over the boundary points: another loss)."""
+    device, dtype = torch.get_default_device(), torch.get_default_dtype()
     try:
         dde = import_deepxde()
+        return _deepxde_variant(dde, equation, base, points, args)
     except Exception as err:  # noqa: BLE001 - any import or install failure: report it in the row
         return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+    finally:  # DeepXDE sets torch's default device (cuda where there is one) and dtype for everyone
+        torch.set_default_device(device)
+        torch.set_default_dtype(dtype)
+
+
+def _deepxde_variant(dde, equation: str, base, points, args) -> Variant:
     eq = base.equation
     lo, hi = base.domain.lo, base.domain.hi
     dde.config.set_default_float(args.precision)
@@ -197,15 +219,14 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
         src = -(math.pi**2 / 2) * torch.sin(math.pi * (x[:, :1] + 1) / 2) * torch.sin(math.pi * (x[:, 1:2] + 1) / 2)
         return u_xx + dde.grad.hessian(u, x, i=1, j=1) - src
 
-    conds = [dde.icbc.DirichletBC(geom, lambda x: 0.0, lambda x, on: on)]
-    if equation != "poisson2d":
+    np_dtype = np.float32 if args.precision == "float32" else np.float64
+    bc = points["bc"].cpu().numpy()
+    conds = [dde.icbc.PointSetBC(bc, np.zeros((len(bc), 1), np_dtype))]
+    if "ic" in points:
+        ic = points["ic"].cpu().numpy()
         sign = -1.0 if equation == "burgers" else 1.0
-        conds.append(dde.icbc.IC(geom, lambda x: sign * np.sin(np.pi * x[:, :1]), lambda x, on: on))
-        anchors = np.concatenate([points[k].cpu().numpy() for k in ("pde", "bc", "ic")])
-        data = dde.data.TimePDE(geom, pde, conds, num_domain=0, num_boundary=0, num_initial=0, anchors=anchors)
-    else:
-        anchors = np.concatenate([points[k].cpu().numpy() for k in ("pde", "bc")])
-        data = dde.data.PDE(geom, pde, conds, num_domain=0, num_boundary=0, anchors=anchors)
+        conds.append(dde.icbc.PointSetBC(ic, (sign * np.sin(np.pi * ic[:, :1])).astype(np_dtype)))
+    data = dde.data.PDE(geom, pde, conds, num_domain=0, num_boundary=0, anchors=points["pde"].cpu().numpy())
     net = dde.nn.FNN([2] + [args.width] * (args.depth) + [1], "tanh", "Glorot normal")
     scale, shift = base.net.in_scale.clone(), base.net.in_shift.clone()
     net.apply_feature_transform(lambda x: x * scale + shift)
@@ -221,7 +242,9 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
     def step() -> None:  # the step Model.train repeats, without its evaluations of the test loss
         model._train_step(ts.X_train, ts.y_train, ts.train_aux_vars)
 
-    v = Variant(DEEPXDE, step, net, "Model._train_step; PDE residual also on boundary points (DeepXDE's way)")
+    rows = ts.X_train.shape[0]
+    v = Variant(DEEPXDE, step, net, f"{dde.__version__}, Model._train_step; same loss (PointSetBC), but its "
+                f"residual runs on all {rows} rows, boundary ones too (DeepXDE's design)")
     v.steps_done = 1
     return v
 
@@ -232,7 +255,8 @@ def import_deepxde():
     try:
         import deepxde
     except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "deepxde"], check=True, timeout=600)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"deepxde=={DEEPXDE_VERSION}"], check=True,
+                       timeout=600)
         import deepxde
     return deepxde
 
@@ -285,54 +309,94 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
         for _ in range(args.warmup):
             v.step()
             v.steps_done += 1
+    order = random.Random(args.seed)
     while any(v.steps_done < args.steps for v in live):
-        for v in live:
+        for v in order.sample(live, len(live)):
+            times = []
             for _ in range(min(args.round, args.steps - v.steps_done)):
                 sync()
                 t0 = tick()
                 v.step()
                 sync()
-                v.times.append(tick() - t0)
+                times.append(tick() - t0)
                 v.steps_done += 1
+            v.times += times
+            v.rounds.append(times)
     exact = base.evaluator.exact
+    nested = next((v for v in live if v.name == NESTED), None)
     for v in live:
-        if args.memory:
-            v.peak_mb = peak_step_memory(v, device)
         with torch.no_grad():
             pred = v.predict(base.evaluator.x)
         v.rel_l2 = (torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact)).item()
+        if nested is not None:
+            v.max_dw = max_weight_difference(v.predict, nested.predict)
+    if args.memory:  # after the figures above: it takes one more step
+        for v in live:
+            v.peak_mb = peak_step_memory(v, device)
     return variants
 
 
+def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float | None:
+    """Largest |w_a - w_b| over the Linear layers' weights and biases (None if the shapes differ)."""
+    wa = [t for m in a.modules() if isinstance(m, torch.nn.Linear) for t in (m.weight, m.bias)]
+    wb = [t for m in b.modules() if isinstance(m, torch.nn.Linear) for t in (m.weight, m.bias)]
+    if len(wa) != len(wb) or any(x.shape != y.shape for x, y in zip(wa, wb)):
+        return None
+    return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(wa, wb))
+
+
+def paired_ratio(ref: Variant, v: Variant) -> tuple[float, float, float] | None:
+    """``ref``'s median step over ``v``'s, round by round (both ran within the same round): the median
+    of those ratios, and their 25th and 75th percentiles."""
+    ratios = [statistics.median(r) / statistics.median(t) for r, t in zip(ref.rounds, v.rounds) if r and t]
+    if not ratios:
+        return None
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q[0], q[2]
+
+
 def summarise(equation: str, variants: list[Variant]) -> list[dict]:
-    ref = {v.name: statistics.median(v.times) for v in variants if v.times}
+    timed = {v.name: v for v in variants if v.times}
     rows = []
     for v in variants:
         row = {"equation": equation, "variant": v.name, "note": v.note}
         if v.times:
-            med = statistics.median(v.times)
-            row.update({
-                "median_ms": 1e3 * med, "min_ms": 1e3 * min(v.times), "timed_steps": len(v.times),
-                "steps": v.steps_done, "x_nested": ref[NESTED] / med if NESTED in ref else None,
-                "x_deepxde": ref[DEEPXDE] / med if DEEPXDE in ref else None,
-                "peak_mb": v.peak_mb, "rel_l2": v.rel_l2,
-            })
+            row.update({"median_ms": 1e3 * statistics.median(v.times), "min_ms": 1e3 * min(v.times),
+                        "timed_steps": len(v.times), "steps": v.steps_done, "compile_s": v.compile_s,
+                        "peak_mb": v.peak_mb, "rel_l2": v.rel_l2, "max_dw_nested": v.max_dw})
+            for key, ref in (("x_nested", NESTED), ("x_deepxde", DEEPXDE)):
+                pr = paired_ratio(timed[ref], v) if ref in timed else None
+                row[key] = pr[0] if pr else None
+                row[key + "_iqr"] = [pr[1], pr[2]] if pr else None
         rows.append(row)
     return rows
 
 
+def noise_warning(rows: list[dict]) -> str | None:
+    """pinn's autograd engine runs nested autograd's algorithm: a ratio far from 1 means the machine's
+    load moved during the run and the other ratios cannot be trusted."""
+    bad = [f"{r['equation']} {r['x_nested']:.2f}" for r in rows
+           if r["variant"] == CONTROL and r.get("x_nested") and not 0.85 <= r["x_nested"] <= 1.15]
+    return ("warning: the control ratio (pinn autograd over nested autograd, the same algorithm) is "
+            f"{', '.join(bad)}, not ~1: the machine's load changed during the run; run again") if bad else None
+
+
 def table(rows: list[dict]) -> str:
     fmt = lambda x, f: "n/a" if x is None else format(x, f)
-    lines = ["| equation | variant | median ms/step | min ms | x nested autograd | x DeepXDE | peak MB | rel L2 | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    ratio = lambda r, k: "n/a" if r[k] is None else f"{r[k]:.2f} ({r[k + '_iqr'][0]:.2f}–{r[k + '_iqr'][1]:.2f})"
+    lines = ["| equation | variant | median ms/step | min ms | x nested autograd (IQR) | x DeepXDE (IQR) "
+             "| compile s | peak MB | rel L2 | max abs dw vs nested | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "median_ms" not in r:
-            lines.append(f"| {r['equation']} | {r['variant']} | – | – | – | – | – | – | {r['note']} |")
+            lines.append(f"| {r['equation']} | {r['variant']} | – | – | – | – | – | – | – | – | {r['note']} |")
             continue
         lines.append(
             f"| {r['equation']} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} "
-            f"| {fmt(r['x_nested'], '.2f')} | {fmt(r['x_deepxde'], '.2f')} | {fmt(r['peak_mb'], '.0f')} "
-            f"| {fmt(r['rel_l2'], '.2e')} | {r['note']} |"
+            f"| {ratio(r, 'x_nested')} | {ratio(r, 'x_deepxde')} | {fmt(r['compile_s'], '.0f')} "
+            f"| {fmt(r['peak_mb'], '.0f')} | {fmt(r['rel_l2'], '.2e')} | {fmt(r['max_dw_nested'], '.1e')} | {r['note']} |"
         )
     return "\n".join(lines)
 
@@ -340,8 +404,9 @@ def table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("equations", nargs="*", default=list(EQUATIONS), help="equations (default: heat poisson2d burgers)")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 3 timed steps, no compile, no DeepXDE")
-    p.add_argument("--deepxde", action="store_true", help="include DeepXDE (pip-installed into this environment if missing)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 2 timed steps, no compile, no DeepXDE")
+    p.add_argument("--deepxde", action="store_true",
+                   help=f"include DeepXDE (deepxde=={DEEPXDE_VERSION} pip-installed into this environment if missing)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variants")
     p.add_argument("--steps", type=int, default=200, help="Adam steps per variant (all timed but the warm-up)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
@@ -354,12 +419,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
-                   help="wall time, or this thread's CPU time (steadier on a loaded machine; needs --threads 1)")
+                   help="wall time, or this thread's CPU time (steadier on a loaded machine; only with --threads 1)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-points", type=int, default=10000)
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu counts the calling thread's CPU time only: use it with --threads 1")
     if args.quick:
         args.compile, args.deepxde = False, False
         args.steps, args.warmup, args.round = 3, 1, 1
@@ -379,12 +446,15 @@ def main(argv: list[str] | None = None) -> None:
         rows += summarise(equation, run_equation(equation, args, device))
         print(f"[{equation} done, {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
     print(table(rows))
+    warning = None if args.quick else noise_warning(rows)  # tiny sizes: Python overhead, not load, sets it
+    if warning:
+        print(f"\n{warning}")
     print(f"\n{args.precision}, {args.n_interior} interior + {args.n_boundary} boundary/initial points, "
           f"MLP 2->[{args.width}]x{args.depth}->1 tanh, Adam lr {args.lr}; {args.steps} steps per variant; "
           f"{args.clock} clock; device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "clock": args.clock, "steps": args.steps, "results": rows}))
+                      "clock": args.clock, "steps": args.steps, "noise_warning": warning, "results": rows}))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,37 @@ def test_quick_bench_prints_a_parsable_json_line():
         assert r["median_ms"] > 0 and r["rel_l2"] > 0
     # same initial weights and points, same loss: the same network after the same steps
     assert rows["pinn forward"]["rel_l2"] == pytest.approx(rows["nested autograd"]["rel_l2"], rel=1e-3)
+    assert rows["pinn autograd"]["max_dw_nested"] < 1e-6 and rows["pinn forward"]["max_dw_nested"] < 1e-6
+    lo, hi = rows["pinn forward"]["x_nested_iqr"]
+    assert lo <= rows["pinn forward"]["x_nested"] <= hi
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_bench", REPO / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speed_bench"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_ratios_pair_the_rounds_and_a_drifting_control_warns():
+    """A load burst in one round must not decide a ratio: each round's ratio uses only that round."""
+    bench = _bench_module()
+    ref, v = bench.Variant("nested autograd", None, None), bench.Variant("pinn autograd", None, None)
+    ref.rounds = [[1.0, 1.0], [9.0, 9.0], [1.0, 1.0]]  # the middle round ran under load, for both
+    v.rounds = [[0.5, 0.5], [4.5, 4.5], [0.5, 0.5]]
+    assert bench.paired_ratio(ref, v) == (2.0, 2.0, 2.0)
+    rows = [{"equation": "heat", "variant": "pinn autograd", "x_nested": 2.0}]
+    assert "control ratio" in bench.noise_warning(rows)
+    rows[0]["x_nested"] = 1.03
+    assert bench.noise_warning(rows) is None
+
+
+def test_bench_refuses_the_cpu_clock_with_several_threads():
+    with pytest.raises(SystemExit):
+        _bench_module().parse_args(["--clock", "cpu", "--threads", "2"])
 
 
 def _loss_setup():
