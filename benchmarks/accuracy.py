@@ -29,7 +29,7 @@ from pinn_cli.training import run_training  # noqa: E402
 TARGETS = {
     "heat": 1e-4, "poisson2d": 5e-4, "ode_decay": 5e-4, "ode_bvp": 5e-4, "burgers": 3e-3,
     "kovasznay": 1e-3, "wave": 1e-2, "helmholtz": 1e-2, "klein_gordon": 1e-2,
-    "diffusion_reaction": 1e-3, "poisson_nd": 3e-3, "taylor_green": 1e-2,
+    "diffusion_reaction": 1e-3, "poisson_nd": 3e-3, "taylor_green": 1e-2, "advection": 1e-3, "laplace2d": 1e-3,
 }
 MARK = "<!-- accuracy-table: produced by `make accuracy` (benchmarks/accuracy.py) -->"
 

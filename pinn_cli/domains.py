@@ -352,7 +352,9 @@ class Domain:
 
     def _initial(self, n, sampler, rng):
         if self.time is None:
-            raise PinnConfigError("an initial condition needs a time input; this domain has none")
+            raise PinnConfigError("an initial condition needs a time input, and this domain has none: the equation "
+                                  "names it (time = \"t\" on a built-in equation's class, time: in a YAML one) and the "
+                                  "domain must have it (a *_time domain)")
         return self._volume(n, sampler, rng, False, self.t_bounds[0])
 
     def _boundary(self, n, sampler, rng):
@@ -388,7 +390,7 @@ class Domain:
         pilot = draw(n, sampler, rng)
         keep = np.asarray(select(pilot.x), bool)
         if not keep.any():
-            raise EmptySelection(f"its 'where' selects none of the {where} points of {self.describe()}")
+            raise EmptySelection(f"selects none of the {where} points of {self.describe()}")
         frac = keep.mean()
         if sampler == "grid":                    # a denser grid whose selected part holds about n points
             ps = draw(max(1, round(n / frac)), sampler, rng)

@@ -123,7 +123,7 @@ class Problem:
         try:
             return self._draw_points(term, rng)
         except EmptySelection as err:
-            raise PinnConfigError(f"condition {term.name!r}: {err}") from None
+            raise PinnConfigError(f"condition {term.name!r}: its {self.equation.selection_name} {err}") from None
 
     def _draw_points(self, term: Term, rng: np.random.Generator) -> PointSet:
         s = self.sampler
@@ -156,6 +156,7 @@ class Problem:
         eq = self.equation
         if not eq.has_exact or not getattr(eq, "check_exact", True):
             return
+        self._check_exact_pde(tol)
         for term in self.terms[1:]:
             if term.x is None or not len(term.x):
                 continue
@@ -172,6 +173,35 @@ class Problem:
                     f"(|residual| up to {worst:.3g}): its exact solution holds on its own domain and time "
                     "interval only; use those (or a custom equation without an exact solution)"
                 )
+
+    def _check_exact_pde(self, tol: float, n: int = 64) -> None:
+        """``exact`` must return one column per output and satisfy the PDE residual at a few of the PDE
+        points (float64): a wrong exact solution would make every reported error wrong. Skipped where
+        ``exact`` is not written in differentiable torch ops."""
+        eq = self.equation
+        pts = self.terms[0].x
+        x = pts[torch.linspace(0, len(pts) - 1, min(n, len(pts))).long()].detach().to(torch.float64)
+        values = eq.exact(x.clone().requires_grad_(True))
+        want = (len(x), len(eq.outputs))
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != want:
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise PinnConfigError(f"equation {eq.name}: exact() returned {got} for {len(x)} points; it must return "
+                                  f"a tensor of shape (N, {want[1]}), one column per output ({', '.join(eq.outputs)})")
+        if not values.requires_grad:
+            return
+        f = AutogradFields(eq.exact, x, eq.inputs, eq.outputs)
+        res = eq.residual(f)
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        used = [v.detach() for v in f._cache.values()]
+        finite = lambda v: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = (1 + max([float(finite(v).abs().max()) for v in used], default=0.0)) \
+            * (1 + max([abs(c) for c in eq.coefficients()], default=0.0))
+        worst = max(float(finite(r.detach()).abs().max()) for r in res)
+        if not worst <= tol * scale:
+            raise PinnConfigError(
+                f"equation {eq.name}: exact() does not satisfy the PDE residual (|residual| up to {worst:.3g} at "
+                f"{len(x)} interior points): fix exact() or residual()"
+            )
 
     def _draw_rad(self, term: Term, rng: np.random.Generator) -> PointSet:
         """The PDE points: ``n_interior`` of a pool ``rad.pool`` times larger, kept by residual (RAD)."""

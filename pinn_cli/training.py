@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
 import math
 import signal
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, distributed, plots
@@ -40,10 +40,14 @@ def build_equation(cfg: DictConfig) -> Equation:
     if target is None:
         raise PinnConfigError(f"equation {kwargs.get('name', '')!r} has no _target_; an equation written in YAML "
                               f"starts with `defaults: [custom]`")
+    module, _, name = str(target).rpartition(".")
     try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 - whatever the import raised, the config names a bad target
-        raise PinnConfigError(f"equation._target_={target!r} cannot be imported") from None
+        cls = getattr(importlib.import_module(module), name)
+    except AttributeError:
+        raise PinnConfigError(f"equation._target_={target!r} cannot be imported: module {module} has no {name}") from None
+    except Exception as err:  # noqa: BLE001 - whatever the import raised (a missing module, a syntax error)
+        why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise PinnConfigError(f"equation._target_={target!r} cannot be imported ({type(err).__name__}: {why})") from None
     return cls(**kwargs)
 
 

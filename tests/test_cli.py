@@ -29,7 +29,7 @@ def test_top_level_help():
 
 def test_train_help_and_cfg_job():
     res = pinn("train", "--help")
-    assert res.returncode == 0 and "equation: burgers, custom, diffusion_reaction, heat, heat2d," in res.stdout
+    assert res.returncode == 0 and "equation: advection, burgers, custom, diffusion_reaction, heat, heat2d," in res.stdout
     res = pinn("train", "--cfg", "job", "equation=poisson2d", "network.width=7")
     assert res.returncode == 0
     assert "Poisson2D" in res.stdout and "width: 7" in res.stdout
@@ -44,6 +44,16 @@ def test_list_names_every_equation():
     assert all(len(ln.split("\t")) == 3 for ln in lines)
     assert {tuple(ln.split("\t")[:2]) for ln in lines} >= {("equation", "heat"), ("network", "modified_mlp")}
     assert "usage: pinn list" in pinn("list", "--help").stdout
+
+
+def test_list_shows_a_users_config_directory(tmp_path):
+    (tmp_path / "equation").mkdir()
+    (tmp_path / "equation" / "mine.yaml").write_text("# my advection\ndefaults: [custom]\n")
+    (tmp_path / "equation" / "bare.yaml").write_text("defaults: [custom]\n")
+    lines = set(pinn("list", "-cd", str(tmp_path)).stdout.splitlines())
+    assert f"equation\tmine\tmy advection [{tmp_path}]" in lines
+    assert any(ln.startswith("equation\tbare\t(no description: the file's first line should be") for ln in lines)
+    assert "equation\theat\t1D heat equation" in "\n".join(lines)
 
 
 def test_train_writes_a_complete_run_directory(tmp_path):
@@ -86,7 +96,7 @@ def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("equation=nope", "equation='nope' is not known; choose from: burgers, custom, diffusion_reaction, heat,"),
+        ("equation=nope", "equation='nope' is not known; choose from: advection, burgers, custom, diffusion_reaction, heat,"),
         ("sampler.n_interior=-5", "sampler.n_interior=-5 is invalid; it must be a positive integer"),
         ("network.depth=0", "network.depth=0 is invalid; it must be a positive integer"),
         ("device=cuda", "device=cuda is not available"),
@@ -99,6 +109,8 @@ def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
         ("+trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
         ("trainer.stpes=10", "trainer.stpes is not a key of trainer; did you mean trainer.steps?"),
         ("trainer.zzz=1", "trainer.zzz is not a key of trainer; known: causal_chunks,"),
+        ("equation._target_=pinn_cli.equations.heat.Heet",
+         "equation._target_='pinn_cli.equations.heat.Heet' cannot be imported: module pinn_cli.equations.heat has no Heet"),
         ("trainer.ensemble=true", "trainer.ensemble=True is invalid; it must be a positive integer"),
         ("--config-name nosuch", "config 'nosuch' (--config-name) not found in"),
     ],

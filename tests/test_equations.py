@@ -8,6 +8,8 @@ from conftest import EQUATIONS, make_cfg
 from torch import nn
 
 from pinn_cli.derivatives import AutogradFields
+from pinn_cli.equations.heat import Heat
+from pinn_cli.errors import PinnConfigError
 from pinn_cli.problem import mse
 from pinn_cli.training import build
 
@@ -44,8 +46,6 @@ def test_residual_is_not_trivially_zero():
 
 
 def test_unknown_coefficient_is_a_config_error():
-    from pinn_cli.errors import PinnConfigError
-
     with pytest.raises(PinnConfigError, match="equation.beta is not a parameter of heat"):
         build(make_cfg("+equation.beta=2", "device=cpu"))
 
@@ -139,3 +139,50 @@ def test_a_domain_cannot_move_the_initial_time(equation):
     with pytest.raises(PinnConfigError, match="domain.bounds.t starts at 0.5, but equation .* are posed at t = 0"):
         build(make_cfg(f"equation={equation}", "domain.bounds.t=[0.5,1]", "device=cpu"))
     build(make_cfg(f"equation={equation}", "domain.bounds.t=[0,2]", "device=cpu"))  # a later end is fine
+
+
+def _heat_problem(monkeypatch, **patch):
+    for key, value in patch.items():
+        monkeypatch.setattr(Heat, key, value)
+    setup = build(make_cfg("equation=heat", "precision=float64", "device=cpu"))
+    setup.problem.sample(np.random.default_rng(0))
+    return setup.problem
+
+
+def test_start_up_catches_an_exact_solution_that_misses_the_pde(monkeypatch):
+    """u (1 + t) keeps heat's initial and boundary values but not the PDE: every reported error would
+    be measured against a wrong reference, so training refuses to start."""
+    exact = Heat.exact
+    problem = _heat_problem(monkeypatch, exact=lambda self, x: exact(self, x) * (1 + x[:, 1:2]))
+    with pytest.raises(PinnConfigError, match=r"equation heat: exact\(\) does not satisfy the PDE residual"):
+        problem.check_exact_solution()
+
+
+def test_an_exact_solution_of_the_wrong_shape_is_named(monkeypatch):
+    exact = Heat.exact
+    problem = _heat_problem(monkeypatch, exact=lambda self, x: exact(self, x)[:, 0])
+    with pytest.raises(PinnConfigError, match=r"exact\(\) returned \(64,\) for 64 points; it must return a tensor "
+                                              r"of shape \(N, 1\), one column per output \(u\)"):
+        problem.check_exact_solution()
+
+
+def test_a_built_in_select_that_keeps_no_point_is_named_as_such(monkeypatch):
+    from pinn_cli.equations.base import Condition
+
+    conds = lambda self: [Condition("ic", "initial", lambda f: f.u),
+                          Condition("bc", "boundary", lambda f: f.u, select=lambda x: x[:, 0] > 5)]
+    with pytest.raises(PinnConfigError, match="condition 'bc': its select function selects none of the boundary"):
+        _heat_problem(monkeypatch, conditions=conds)
+
+
+def test_an_initial_condition_without_a_time_input_says_where_to_name_it(monkeypatch):
+    with pytest.raises(PinnConfigError, match=r'time = "t" on a built-in equation\'s class'):
+        _heat_problem(monkeypatch, time=None)
+
+
+@pytest.mark.parametrize("c, face", [(1.0, 0.0), (-1.0, 1.0)])
+def test_advection_pins_only_its_inflow_face(c, face):
+    setup = build(make_cfg("equation=advection", f"equation.c={c}", "precision=float64", "device=cpu"))
+    setup.problem.sample(np.random.default_rng(0))
+    bc = next(t for t in setup.problem.terms if t.name == "bc")
+    assert len(bc.x) == setup.cfg.sampler.n_boundary and bool((bc.x[:, 0] == face).all())

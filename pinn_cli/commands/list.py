@@ -8,24 +8,33 @@ from ..paths import config_dir
 GROUPS = ("equation", "domain", "network", "sampler", "optimizer")
 
 
+NO_DESCRIPTION = "(no description: the file's first line should be a # comment saying what it is)"
+
+
 def describe(path: Path) -> str:
     """The first comment line of a config file, which holds its one-line description."""
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") and not line.startswith("# @package"):
             return line.lstrip("# ").strip()
-    return ""
+    return NO_DESCRIPTION
 
 
-def entries() -> dict[str, list[tuple[str, str]]]:
-    root = config_dir()
-    return {g: [(p.stem, describe(p)) for p in sorted((root / g).glob("*.yaml"))] for g in GROUPS}
+def entries(extra: list[Path] | tuple[Path, ...] = ()) -> dict[str, list[tuple[str, str]]]:
+    """Each group's options: the shipped ones, then those in ``extra`` config directories (``-cd``)."""
+    out = {}
+    for g in GROUPS:
+        found = {p.stem: describe(p) for p in sorted((config_dir() / g).glob("*.yaml"))}
+        for root in extra:
+            found.update({p.stem: f"{describe(p)} [{root}]" for p in sorted((root / g).glob("*.yaml"))})
+        out[g] = list(found.items())
+    return out
 
 
-def rows() -> list[tuple[str, str, str]]:
+def rows(extra: list[Path] | tuple[Path, ...] = ()) -> list[tuple[str, str, str]]:
     """(group, name, description) of every config option and of the notable keys."""
     from ..networks import ACTIVATIONS
 
-    out = [(group, name, desc) for group, items in entries().items() for name, desc in items]
+    out = [(group, name, desc) for group, items in entries(extra).items() for name, desc in items]
     return out + [
         ("network.activation", ", ".join(ACTIVATIONS), "pointwise activations of mlp"),
         ("network.fourier_features", "0, m", "random Fourier-feature embedding of the inputs (m frequencies)"),
@@ -40,9 +49,18 @@ def main(argv: list[str]) -> None:
     import argparse
     import sys
 
-    argparse.ArgumentParser(prog="pinn list", description=__doc__.split(":", 1)[1].strip()).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="pinn list", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("-cd", "--config-dir", action="append", default=[], type=Path, metavar="DIR",
+                        help="also list the options in this config directory (as `pinn train -cd DIR` sees them)")
+    args = parser.parse_args(argv)
+    for root in args.config_dir:
+        if not root.is_dir():
+            from ..errors import PinnError
+
+            raise PinnError(f"--config-dir {root} is not a directory")
+    table_rows = rows(args.config_dir)
     if not sys.stdout.isatty():
-        for row in rows():
+        for row in table_rows:
             print("\t".join(row))
         return
     from rich.console import Console
@@ -52,7 +70,7 @@ def main(argv: list[str]) -> None:
     for col in ("group", "name", "description"):
         table.add_column(col)
     last = None
-    for group, name, desc in rows():
+    for group, name, desc in table_rows:
         if last is not None and group.split(".")[0] != last:
             table.add_section()
         table.add_row(group, name, desc)

@@ -46,6 +46,7 @@ class Equation:
     time: ClassVar[str | None] = None
     params: ClassVar[dict[str, float]] = {}
     has_exact: ClassVar[bool] = True     # False: no exact solution; metrics are NaN
+    selection_name: ClassVar[str] = "select function"  # what error lines call a condition's ``select``
 
     def __init__(self, name: str, bounds: Mapping[str, Sequence[float]],
                  weights: Mapping[str, float] | None = None, **coeffs: float) -> None:

@@ -74,6 +74,8 @@ def _names(value, key: str, pattern=_NAME) -> tuple[str, ...]:
 class Custom(Equation):
     """An equation given in YAML: residual, conditions and exact solution as sympy expressions."""
 
+    selection_name = "'where'"
+
     def __init__(self, name: str = "custom", inputs=None, outputs=None, bounds=None, params=None,
                  residual=None, conditions=None, exact=None, time="auto", weights=None,
                  check_exact: bool = True, **extra) -> None:
