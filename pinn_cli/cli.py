@@ -7,7 +7,7 @@ import sys
 
 from .errors import PinnError, say_once
 
-HELP = """usage: pinn <command> [options]
+HELP = """usage: pinn <command> [options]   (pinn --version)
 
 commands:
   train [overrides]   train a PINN (Hydra: key=value overrides, -m to sweep, --help, --cfg job)
@@ -92,12 +92,20 @@ def _commands() -> dict:
             "hessian": lazy("hessian"), "list": list_cmd.main}
 
 
+# Hydra plugins that come with pinn's `cluster` extra: their config groups are missing without it
+PLUGIN_CONFIGS = {"hydra/launcher/joblib", "hydra/launcher/submitit_local", "hydra/launcher/submitit_slurm",
+                  "hydra/sweeper/optuna"}
+CLUSTER_EXTRA = "comes with the cluster extra: pip install 'pinn-cli[cluster]' (make install has it)"
+
+
 def _one_line(err: BaseException) -> str:
     """A one-line message for a Hydra/OmegaConf error (these are multi-line by default)."""
     text = str(err)
     missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
     if missing:
         group, _, name = missing.group(1).rpartition("/")
+        if missing.group(1) in PLUGIN_CONFIGS:
+            return f"Hydra's {group}={name} is not installed: it {CLUSTER_EXTRA}"
         options = re.findall(r"^\t(\S+)$", text, flags=re.M)
         if group and options:
             return f"{group}={name!r} is not known; choose from: {', '.join(options)}"
@@ -122,6 +130,11 @@ def _one_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pinn`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from . import __version__
+
+        print(f"pinn {__version__}")
+        sys.exit(0)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP, end="")
         sys.exit(0 if argv else 2)

@@ -22,6 +22,13 @@ def pinn(*args: str, cwd: Path | None = None, env: dict | None = None) -> subpro
     )
 
 
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    res = pinn("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"pinn {version('pinn-cli')}"
+
+
 def test_top_level_help():
     res = pinn("--help")
     assert res.returncode == 0 and "train" in res.stdout and "list" in res.stdout
@@ -141,6 +148,20 @@ def test_hydra_full_error_shows_the_traceback_of_pinns_own_checks(tmp_path):
     res = pinn("train", f"hydra.run.dir={tmp_path / 'run'}", *FAST, "sampler.n_interior=-5", env={"HYDRA_FULL_ERROR": "1"})
     assert res.returncode == 1 and "Traceback" in res.stderr
     assert "PinnConfigError: sampler.n_interior=-5 is invalid" in res.stderr
+
+
+@pytest.mark.parametrize("missing", ["hydra/launcher/joblib", "hydra/launcher/submitit_slurm", "hydra/sweeper/optuna"])
+def test_a_missing_hydra_plugin_names_the_extra(missing):
+    """Without the cluster extra, hydra/launcher=joblib read as a typo ("not known; choose from: basic, ...")."""
+    from hydra.errors import MissingConfigException
+
+    from pinn_cli.cli import _one_line
+
+    group, _, name = missing.rpartition("/")
+    err = MissingConfigException(f"In 'train': Could not find '{missing}'\n\nAvailable options in '{group}':\n"
+                                 "\tbasic\n\tslurm_cpu\n\tslurm_gpu\n", missing)
+    assert _one_line(err) == (f"Hydra's {group}={name} is not installed: it comes with the cluster extra: "
+                              "pip install 'pinn-cli[cluster]' (make install has it)")
 
 
 def test_unknown_command():
