@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..derivatives import Fields
+from ..derivatives import AutogradFields, Fields
 from ..errors import PinnConfigError
 
 Residual = Callable[[Fields], "torch.Tensor | Sequence[torch.Tensor]"]
@@ -96,3 +96,16 @@ class Equation:
     @property
     def terms(self) -> list[str]:
         return list(self.weights)
+
+
+def exact_pde_misfit(eq: Equation, x: torch.Tensor) -> list[float]:
+    """max |residual| of ``eq.exact`` at points ``x`` (float64), per residual, relative to the scale of
+    the derivatives it used and of the coefficients: ~1e-15 for a right exact solution. Non-finite
+    values (a solution with a pole) are left out."""
+    f = AutogradFields(eq.exact, x, eq.inputs, eq.outputs)
+    res = eq.residual(f)
+    res = res if isinstance(res, (tuple, list)) else (res,)
+    finite = lambda v: torch.nan_to_num(v.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    scale = (1 + max([float(finite(v).abs().max()) for v in f._cache.values()], default=0.0)) \
+        * (1 + max([abs(c) for c in eq.coefficients()], default=0.0))
+    return [float(finite(r).abs().max()) / scale for r in res]
