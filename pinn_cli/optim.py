@@ -12,6 +12,14 @@ OPTIMIZERS = ("adam", "lbfgs", "adam_lbfgs")
 SCHEDULERS = ("none", "exponential", "cosine")
 
 
+class Interrupted(Exception):
+    """A signal arrived inside an L-BFGS block: parameters and L-BFGS state are back at the block's start."""
+
+
+class _Stop(Exception):
+    pass
+
+
 def fused_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam with PyTorch's fused kernel where the parameters' device has one: one pass over all
     parameters instead of ~10 small ops each (a 32x3 MLP's step: 0.16 ms against 0.67 on CPU)."""
@@ -73,8 +81,11 @@ class OptimizerSchedule:
         self.scheduler.step()
         return total, parts
 
-    def lbfgs_steps(self, loss_fn, n: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
-        """Up to ``n`` L-BFGS iterations; returns the iterations done and the last loss evaluated."""
+    def lbfgs_steps(self, loss_fn, n: int, interrupt=None) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        """Up to ``n`` L-BFGS iterations; returns the iterations done and the last loss evaluated.
+        ``interrupt()`` is asked before every loss evaluation: when it says so, the block is undone (the
+        parameters and L-BFGS state as they were at its start, so a resume repeats it exactly) and
+        :class:`Interrupted` is raised, instead of a signal waiting up to ``n`` iterations."""
         last: dict = {}
         if self.lbfgs_scale is None:
             start = loss_fn()[0].item()
@@ -83,6 +94,8 @@ class OptimizerSchedule:
         scale = self.lbfgs_scale
 
         def closure():
+            if interrupt is not None and interrupt():
+                raise _Stop
             self.lbfgs.zero_grad(set_to_none=True)
             total, parts = loss_fn()
             (total * scale).backward()
@@ -93,9 +106,30 @@ class OptimizerSchedule:
         group["max_iter"], group["max_eval"] = n, max(2 * n, n + 5)
         state = self.lbfgs.state[self.lbfgs._params[0]]
         before = state.get("n_iter", 0)
-        self.lbfgs.step(closure)
+        saved = self._lbfgs_snapshot() if interrupt is not None else None
+        try:
+            self.lbfgs.step(closure)
+        except _Stop:
+            self._lbfgs_restore(saved)
+            raise Interrupted from None
         done = state.get("n_iter", 0) - before
         return done, last["total"], last["parts"]
+
+    def _lbfgs_snapshot(self) -> tuple[list[torch.Tensor], dict]:
+        """The parameters and L-BFGS state, cheaply: torch's L-BFGS replaces its state's tensors and
+        appends to or pops from its history lists, so copies of the lists suffice for those."""
+        state = self.lbfgs.state[self.lbfgs._params[0]]
+        copy = {k: list(v) if isinstance(v, list) else v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        return [p.detach().clone() for p in self.lbfgs._params], copy
+
+    def _lbfgs_restore(self, saved: tuple[list[torch.Tensor], dict]) -> None:
+        params, copy = saved
+        with torch.no_grad():
+            for p, s in zip(self.lbfgs._params, params):
+                p.copy_(s)
+        state = self.lbfgs.state[self.lbfgs._params[0]]
+        state.clear()
+        state.update(copy)
 
     def state_dict(self) -> dict:
         return {"adam": self.adam.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -24,7 +24,7 @@ from .equations.base import Equation
 from .errors import PinnConfigError, PinnError
 from .metrics import Evaluator
 from .networks import build_network, trainable
-from .optim import OptimizerSchedule
+from .optim import Interrupted, OptimizerSchedule
 from .problem import Problem
 from .sampling import check_sampler
 from .speed import set_tf32, tune_malloc
@@ -339,6 +339,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     status = "done"
     t0 = time.perf_counter()
     with _preemption_handler() as stop:
+        interrupt = None if ctx.distributed else (lambda: stop.signal is not None)
         try:
             while step < total:
                 if schedule.phase(step) == "adam":
@@ -350,11 +351,16 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                 else:
                     chunk = steps_to_row(t_cfg, step, total)
                     problem.freeze_causal()
-                    done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk)
-                    if done == 0:
-                        log.info("L-BFGS converged at step %d; stopping", step)
-                        total = step
-                    step += max(done, 0)
+                    try:  # one process: a signal undoes the block (ranks of DDP must stay in step: they finish it)
+                        done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk, interrupt=interrupt)
+                    except Interrupted:
+                        with torch.no_grad():
+                            loss, parts = loss_fn()  # the block's start, where the run stops
+                    else:
+                        if done == 0:
+                            log.info("L-BFGS converged at step %d; stopping", step)
+                            total = step
+                        step += max(done, 0)
                 is_last = step >= total
                 signalled = distributed.agree(stop.signal)
                 if row_due(t_cfg, step) or is_last or signalled:
@@ -378,8 +384,9 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                         if m["rel_l2"] < best:
                             best = m["rel_l2"]
                             checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "best.pt")
-                    history.append(row)
-                    progress.report(row)
+                    if not history or history[-1]["step"] != step:  # an undone L-BFGS block: logged already
+                        history.append(row)
+                        progress.report(row)
                     if (step % t_cfg.checkpoint_every == 0 or is_last or signalled) and ctx.is_main:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
                 if signalled and not is_last:  # a signal during the last step: the run is done, not preempted

@@ -117,11 +117,11 @@ def lbfgs_preempt_and_resume(tmp_path: Path, monkeypatch, base: list[str]) -> tu
     full = run_training(make_cfg(*base), tmp_path / "full")
     real, calls = OptimizerSchedule.lbfgs_steps, []
 
-    def preempt_in_second_chunk(self, loss_fn, n):
+    def preempt_in_second_chunk(self, loss_fn, n, **kw):
         calls.append(n)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGUSR1)
-        return real(self, loss_fn, n)
+        return real(self, loss_fn, n, **kw)
 
     monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", preempt_in_second_chunk)
     part = run_training(make_cfg(*base), tmp_path / "part")
@@ -143,7 +143,7 @@ def test_preempted_during_lbfgs_resumes_bit_for_bit(tmp_path, monkeypatch):
             "trainer.log_every=10", "trainer.eval_every=20", "trainer.checkpoint_every=20", "device=cpu",
             "precision=float64", "trainer.eval_points=200", "trainer.steps=60", "network.width=16"]
     full, part, resumed, _ = lbfgs_preempt_and_resume(tmp_path, monkeypatch, base)
-    assert part["status"] == "preempted" and part["steps"] == 50 and part["stopped_by"] == "SIGUSR1"
+    assert part["status"] == "preempted" and part["steps"] == 40 and part["stopped_by"] == "SIGUSR1"  # block 40-50 undone
     assert resumed["steps"] == full["steps"] == 60
     assert resumed["rel_l2"] == full["rel_l2"]
 
@@ -271,3 +271,33 @@ def test_a_resume_names_the_settings_changed_since_its_checkpoint(tmp_path, capl
     (warning,) = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert "changed since the checkpoint: optimizer.lr 0.001 -> 0.01, sampler.n_interior 32 -> 64;" in warning
     assert "trainer.steps" not in warning
+
+
+def test_a_signal_inside_an_lbfgs_block_stops_at_once_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A signal during a long L-BFGS block (trainer.log_every=200 iterations) used to wait for the whole
+    block; it now undoes the block, saves its start, and the resumed run repeats it exactly."""
+    from pinn_cli.optim import OptimizerSchedule
+
+    base = ["equation=ode_decay", "device=cpu", "precision=float64", "optimizer=adam_lbfgs", "optimizer.adam_steps=20",
+            "trainer.steps=420", "trainer.log_every=200", "trainer.eval_every=200", "trainer.checkpoint_every=200",
+            "sampler.n_interior=32", "network.width=8", "trainer.eval_points=100", "trainer.progress=false"]
+    full = run_training(make_cfg(*base), tmp_path / "full")
+    real, evals = OptimizerSchedule.lbfgs_steps, []
+
+    def signal_mid_block(self, loss_fn, n, **kw):
+        def counted():
+            evals.append(1)
+            if len(evals) == 5:  # the 5th loss evaluation of the first block
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return loss_fn()
+        return real(self, counted, n, **kw)
+
+    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", signal_mid_block)
+    part = run_training(make_cfg(*base), tmp_path / "part")
+    assert part["status"] == "preempted" and part["steps"] == 20 and len(evals) <= 6
+    monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", real)
+    resumed = run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
+    assert resumed["steps"] == full["steps"] and resumed["rel_l2"] == full["rel_l2"]
+    a = checkpoint.load(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = checkpoint.load(tmp_path / "part/checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
