@@ -189,15 +189,17 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
     """DeepXDE's own API (PyTorch backend) on the same points, loss and initial weights: the interior
     points as anchors, the boundary and initial values as ``PointSetBC`` (its ``DirichletBC``/``IC`` on
     anchors would also average the PDE residual over the boundary points: another loss)."""
-    device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    dtype = torch.get_default_dtype()
     try:
         dde = import_deepxde()
+        # DeepXDE makes cuda torch's default device wherever there is one; its network and the tensors
+        # it makes from numpy at every step must be on the bench's device
+        torch.set_default_device(torch.device(args.device))
         return _deepxde_variant(dde, equation, base, points, args)
     except Exception as err:  # noqa: BLE001 - any import or install failure: report it in the row
         return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
-    finally:  # DeepXDE sets torch's default device (cuda where there is one) and dtype for everyone
-        torch.set_default_device(device)
-        torch.set_default_dtype(dtype)
+    finally:
+        torch.set_default_dtype(dtype)  # its set_default_float sets it for everyone
 
 
 def _deepxde_variant(dde, equation: str, base, points, args) -> Variant:

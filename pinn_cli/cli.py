@@ -41,25 +41,35 @@ class _QuietJobErrors:
 
 def flags_first(argv: list[str]) -> list[str]:
     """Hydra's flags (with their values) ahead of the overrides: Hydra's argparse takes overrides in one
-    run, so `pinn train equation=burgers -m seed=0,1` would stop at "unrecognized arguments"."""
+    run, so `pinn train equation=burgers -m seed=0,1` would stop at "unrecognized arguments". Anything
+    unusual (a flag Hydra does not know, one missing its value) keeps the order given, for argparse
+    to judge."""
     from hydra._internal.utils import get_args_parser
 
     actions = {o: a for a in get_args_parser()._actions for o in a.option_strings}
     flags: list[str] = []
     rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        action = actions.get(arg)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        action = actions.get(arg.split("=", 1)[0] if arg.startswith("--") else arg)
         if action is None:
-            (flags if arg.startswith("-") else rest).append(arg)
-            continue
-        flags.append(arg)
-        if action.nargs is None:
-            flags += [v for v in [next(args, None)] if v is not None]
-        elif action.nargs == "?":
-            nxt = next(args, None)
-            if nxt is not None:
-                (flags if nxt in (action.choices or ()) else rest).append(nxt)
+            if arg.startswith("-"):
+                return argv
+            rest.append(arg)
+        elif "=" in arg or action.nargs == 0:
+            flags.append(arg)
+        elif action.nargs is None:  # a flag with a value: -cd DIR, --cfg job, -p PACKAGE
+            if i + 1 >= len(argv):
+                return argv
+            flags += [arg, argv[i + 1]]
+            i += 1
+        elif i + 1 < len(argv) and argv[i + 1] in (action.choices or ()):  # --info defaults-tree
+            flags += [arg, argv[i + 1]]
+            i += 1
+        else:  # a bare --info: its default value, so that the next token is not taken for one
+            flags.append(f"{action.option_strings[0]}={action.const}")
+        i += 1
     return flags + rest
 
 

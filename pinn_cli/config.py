@@ -149,4 +149,5 @@ def misspelt_key(key: str, root: Path) -> str | None:
     + would be refused as well, so Hydra's advice to add one misleads)."""
     if key.partition(".")[0] not in CHECKED_SECTIONS:
         return None
-    return unknown_key(key, known_keys(root))
+    known = known_keys(root)
+    return None if key in known else unknown_key(key, known)  # known: another option of the group has it

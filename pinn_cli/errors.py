@@ -27,8 +27,8 @@ def say_once(line: str) -> None:
     import sys
     import time
 
-    rank = os.environ.get("RANK", "0")
-    if rank != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if rank != "0" and world.isdigit() and int(world) > 1:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         time.sleep(RANK_GRACE_S)
         line = f"{line} (rank {rank})"

@@ -156,7 +156,10 @@ class Problem:
         eq = self.equation
         if not eq.has_exact or not getattr(eq, "check_exact", True):
             return
-        self._check_exact_pde(tol)
+        if not self._check_exact_pde(tol):
+            log.info("equation %s: exact() is not differentiable torch code; its checks against the PDE and "
+                     "the conditions are skipped", eq.name)
+            return
         for term in self.terms[1:]:
             if term.x is None or not len(term.x):
                 continue
@@ -174,27 +177,32 @@ class Problem:
                     "interval only; use those (or a custom equation without an exact solution)"
                 )
 
-    def _check_exact_pde(self, tol: float, n: int = 64) -> None:
+    def _check_exact_pde(self, tol: float, n: int = 64) -> bool:
         """``exact`` must return one column per output and satisfy the PDE residual at a few of the PDE
-        points (float64): a wrong exact solution would make every reported error wrong. Skipped where
-        ``exact`` is not written in differentiable torch ops."""
+        points (float64): a wrong exact solution would make every reported error wrong. Returns False,
+        unchecked, where ``exact`` is not written in differentiable torch ops."""
         eq = self.equation
         pts = self.terms[0].x
         x = pts[torch.linspace(0, len(pts) - 1, min(n, len(pts))).long()].detach().to(torch.float64)
-        values = eq.exact(x.clone().requires_grad_(True))
+        try:
+            values = eq.exact(x.clone().requires_grad_(True))
+        except RuntimeError:  # e.g. .numpy() on a tensor that requires grad: not differentiable, so no PDE check
+            values = eq.exact(x).detach()
         want = (len(x), len(eq.outputs))
         if not isinstance(values, torch.Tensor) or tuple(values.shape) != want:
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise PinnConfigError(f"equation {eq.name}: exact() returned {got} for {len(x)} points; it must return "
                                   f"a tensor of shape (N, {want[1]}), one column per output ({', '.join(eq.outputs)})")
         if not values.requires_grad:
-            return
+            return False
         worst = max(exact_pde_misfit(eq, x))
         if not worst <= tol:
             raise PinnConfigError(
                 f"equation {eq.name}: exact() does not satisfy the PDE residual (|residual| up to {worst:.3g} of its "
-                f"terms' scale at {len(x)} interior points): fix exact() or residual()"
+                f"terms' scale at {len(x)} interior points): fix exact() or residual(), or train against it "
+                "anyway with +equation.check_exact=false"
             )
+        return True
 
     def _draw_rad(self, term: Term, rng: np.random.Generator) -> PointSet:
         """The PDE points: ``n_interior`` of a pool ``rad.pool`` times larger, kept by residual (RAD)."""

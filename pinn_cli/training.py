@@ -293,6 +293,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
 
     history: list[dict] = []
     step, best, elapsed_before = 0, math.inf, 0.0
+    undone_at = finish_at = None  # the step of an L-BFGS block a signal undid (this run / the checkpoint's)
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
     refuse_used_run_dir(resume, run_dir)
     if resume is None and t_cfg.get("resume") == "auto":
@@ -315,6 +316,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         rng.bit_generator.state = state["rng"]["numpy"]
         step, best, history = state["step"], state["best_rel_l2"], state["history"]
         elapsed_before = state.get("elapsed_s", 0.0)
+        finish_at = state.get("lbfgs_undone_at")
         log.info("resumed from %s at step %d", resume, step)
         problem.expect_calls(total - step)  # trainer.compile=auto weighs the steps still ahead
         if ctx.is_main:  # the earlier segment's figures are in history.csv and the checkpoints; until this
@@ -325,6 +327,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
             "model": net.state_dict(), "optimizer": schedule.state_dict(), "step": step,
             "rng": _rng_state(rng), "config": config_dict, "best_rel_l2": best, "history": history,
             "points": shards.state(), "equation": equation.name, "elapsed_s": elapsed,
+            "lbfgs_undone_at": undone_at,
         }
 
     n_params = sum(p.numel() for p in trainable(net))
@@ -339,7 +342,9 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     status = "done"
     t0 = time.perf_counter()
     with _preemption_handler() as stop:
-        interrupt = None if ctx.distributed else (lambda: stop.signal is not None)
+        # a block undone once runs to its end after the resume, so that signals more frequent than
+        # a block cannot hold the run at one step
+        interrupt = None if ctx.distributed else (lambda: stop.signal is not None and step != finish_at)
         try:
             while step < total:
                 if schedule.phase(step) == "adam":
@@ -353,14 +358,14 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                     problem.freeze_causal()
                     try:  # one process: a signal undoes the block (ranks of DDP must stay in step: they finish it)
                         done, loss, parts = schedule.lbfgs_steps(loss_fn, chunk, interrupt=interrupt)
-                    except Interrupted:
-                        with torch.no_grad():
-                            loss, parts = loss_fn()  # the block's start, where the run stops
-                    else:
-                        if done == 0:
-                            log.info("L-BFGS converged at step %d; stopping", step)
-                            total = step
-                        step += max(done, 0)
+                    except Interrupted:  # back at the block's start: save that, and a resume repeats the block
+                        undone_at, stopped_by, status = step, signal.Signals(stop.signal).name, "preempted"
+                        checkpoint.save(snapshot(elapsed_before + time.perf_counter() - t0), ckpt_dir / "last.pt")
+                        break
+                    if done == 0:
+                        log.info("L-BFGS converged at step %d; stopping", step)
+                        total = step
+                    step += max(done, 0)
                 is_last = step >= total
                 signalled = distributed.agree(stop.signal)
                 if row_due(t_cfg, step) or is_last or signalled:
@@ -384,9 +389,8 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
                         if m["rel_l2"] < best:
                             best = m["rel_l2"]
                             checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "best.pt")
-                    if not history or history[-1]["step"] != step:  # an undone L-BFGS block: logged already
-                        history.append(row)
-                        progress.report(row)
+                    history.append(row)
+                    progress.report(row)
                     if (step % t_cfg.checkpoint_every == 0 or is_last or signalled) and ctx.is_main:
                         checkpoint.save(snapshot(elapsed_before + now - t0), ckpt_dir / "last.pt")
                 if signalled and not is_last:  # a signal during the last step: the run is done, not preempted
@@ -449,9 +453,9 @@ def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
     """``key old -> new`` for every leaf that differs between two resolved configs (keys a resume is
     meant to change, such as ``trainer.steps``, left out)."""
     out = []
-    for key in sorted(set(old) | set(new), key=str):
+    for key in sorted(set(old) & set(new), key=str):  # a key only one has: another pinn version's config
         path = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
+        a, b = old[key], new[key]
         if isinstance(a, dict) and isinstance(b, dict):
             out += changed_settings(a, b, f"{path}.")
         elif a != b and path not in RESUME_FREE:

@@ -61,6 +61,9 @@ def test_list_shows_a_users_config_directory(tmp_path):
     assert f"equation\tmine\tmy advection [{tmp_path}]" in lines
     assert any(ln.startswith("equation\tbare\t(no description: the file's first line should be") for ln in lines)
     assert "equation\theat\t1D heat equation" in "\n".join(lines)
+    (tmp_path / "equation" / "heat.yaml").write_text("# my heat\n")  # Hydra takes the shipped heat first
+    out = pinn("list", "-cd", str(tmp_path)).stdout
+    assert f"shadowed\tequation/heat\t{tmp_path}: not used, the shipped equation=heat comes first" in out
 
 
 def test_train_writes_a_complete_run_directory(tmp_path):
@@ -135,6 +138,21 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, expected):
     assert len(lines) == 1, res.stderr
     assert expected in lines[0]
     assert expected not in res.stdout  # said once (train.log keeps it too)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["a=1", "-m", "b=2,3", "--cfg", "job"], ["-m", "--cfg", "job", "a=1", "b=2,3"]),
+    (["equation=burgers", "--info"], ["--info=all", "equation=burgers"]),  # a bare --info must not take an override
+    (["x=1", "--info", "-cd", "DIR", "y=2"], ["--info=all", "-cd", "DIR", "x=1", "y=2"]),
+    (["x=1", "--info", "defaults"], ["--info", "defaults", "x=1"]),
+    (["network.width=8", "-p"], ["network.width=8", "-p"]),  # no value: argparse's own error, not a silent run
+    (["x=1", "--config-di", "D"], ["x=1", "--config-di", "D"]),  # not Hydra's spelling: order kept
+    (["x=1", "--config-dir=/t", "y=2"], ["--config-dir=/t", "x=1", "y=2"]),
+])
+def test_flags_move_ahead_of_the_overrides_with_their_values(argv, expected):
+    from pinn_cli.cli import flags_first
+
+    assert flags_first(argv) == expected
 
 
 def test_a_sweep_with_cfg_is_one_line(tmp_path):

@@ -186,3 +186,20 @@ def test_advection_pins_only_its_inflow_face(c, face):
     setup.problem.sample(np.random.default_rng(0))
     bc = next(t for t in setup.problem.terms if t.name == "bc")
     assert len(bc.x) == setup.cfg.sampler.n_boundary and bool((bc.x[:, 0] == face).all())
+
+
+def test_check_exact_false_trains_against_a_reference_that_misses_the_pde(monkeypatch):
+    exact = Heat.exact
+    monkeypatch.setattr(Heat, "exact", lambda self, x: exact(self, x) * (1 + x[:, 1:2]))
+    setup = build(make_cfg("equation=heat", "+equation.check_exact=false", "precision=float64", "device=cpu"))
+    setup.problem.sample(np.random.default_rng(0))
+    setup.problem.check_exact_solution()  # no error: the user asked for it
+
+
+def test_an_exact_solution_in_numpy_gets_the_shape_check_only(monkeypatch):
+    """numpy code cannot be differentiated: no PDE or condition check, but no crash either."""
+    monkeypatch.setattr(Heat, "exact", lambda self, x: torch.as_tensor(np.sin(np.pi * x[:, :1].numpy())))
+    _heat_problem(monkeypatch).check_exact_solution()
+    monkeypatch.setattr(Heat, "exact", lambda self, x: torch.as_tensor(np.sin(np.pi * x[:, 0].numpy())))
+    with pytest.raises(PinnConfigError, match=r"exact\(\) returned \(64,\)"):
+        _heat_problem(monkeypatch).check_exact_solution()

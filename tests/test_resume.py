@@ -295,6 +295,9 @@ def test_a_signal_inside_an_lbfgs_block_stops_at_once_and_resumes_bit_for_bit(tm
     monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", signal_mid_block)
     part = run_training(make_cfg(*base), tmp_path / "part")
     assert part["status"] == "preempted" and part["steps"] == 20 and len(evals) <= 6
+    evals.clear()  # signalled again in the same block after the resume: that block now runs to its end
+    again = run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
+    assert again["status"] == "preempted" and again["steps"] == 200  # the block 20-200, to the next row
     monkeypatch.setattr(OptimizerSchedule, "lbfgs_steps", real)
     resumed = run_training(make_cfg(*base, "trainer.resume=auto"), tmp_path / "part")
     assert resumed["steps"] == full["steps"] and resumed["rel_l2"] == full["rel_l2"]

@@ -21,12 +21,20 @@ def describe(path: Path) -> str:
 
 def entries(extra: list[Path] | tuple[Path, ...] = ()) -> dict[str, list[tuple[str, str]]]:
     """Each group's options: the shipped ones, then those in ``extra`` config directories (``-cd``)."""
-    out = {}
+    out: dict[str, list[tuple[str, str]]] = {}
+    shadowed: list[tuple[str, str]] = []
     for g in GROUPS:
         found = {p.stem: describe(p) for p in sorted((config_dir() / g).glob("*.yaml"))}
         for root in extra:
-            found.update({p.stem: f"{describe(p)} [{root}]" for p in sorted((root / g).glob("*.yaml"))})
+            for p in sorted((root / g).glob("*.yaml")):
+                if p.stem in found:  # Hydra finds the shipped config first: this one is never used
+                    shadowed.append((f"{g}/{p.stem}", f"{root}: not used, the shipped {g}={p.stem} comes first; "
+                                     "rename the file"))
+                else:
+                    found[p.stem] = f"{describe(p)} [{root}]"
         out[g] = list(found.items())
+    if shadowed:
+        out["shadowed"] = shadowed
     return out
 
 

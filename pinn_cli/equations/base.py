@@ -49,8 +49,9 @@ class Equation:
     selection_name: ClassVar[str] = "select function"  # what error lines call a condition's ``select``
 
     def __init__(self, name: str, bounds: Mapping[str, Sequence[float]],
-                 weights: Mapping[str, float] | None = None, **coeffs: float) -> None:
+                 weights: Mapping[str, float] | None = None, check_exact: bool = True, **coeffs: float) -> None:
         self.name = name
+        self.check_exact = bool(check_exact)  # false: train against exact() even where it misses the problem
         self.bounds = {k: (float(v[0]), float(v[1])) for k, v in bounds.items()}
         missing = [k for k in self.inputs if k not in self.bounds]
         if missing:
