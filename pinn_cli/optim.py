@@ -16,10 +16,6 @@ class Interrupted(Exception):
     """A signal arrived inside an L-BFGS block: parameters and L-BFGS state are back at the block's start."""
 
 
-class _Stop(Exception):
-    pass
-
-
 def fused_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam with PyTorch's fused kernel where the parameters' device has one: one pass over all
     parameters instead of ~10 small ops each (a 32x3 MLP's step: 0.16 ms against 0.67 on CPU)."""
@@ -95,7 +91,7 @@ class OptimizerSchedule:
 
         def closure():
             if interrupt is not None and interrupt():
-                raise _Stop
+                raise Interrupted
             self.lbfgs.zero_grad(set_to_none=True)
             total, parts = loss_fn()
             (total * scale).backward()
@@ -109,9 +105,9 @@ class OptimizerSchedule:
         saved = self._lbfgs_snapshot() if interrupt is not None else None
         try:
             self.lbfgs.step(closure)
-        except _Stop:
+        except Interrupted:
             self._lbfgs_restore(saved)
-            raise Interrupted from None
+            raise
         done = state.get("n_iter", 0) - before
         return done, last["total"], last["parts"]
 
