@@ -155,14 +155,20 @@ def nested_variants(equation: str, base, points, args) -> list[Variant]:
 
 def pinn_variants(equation: str, base, args) -> list[Variant]:
     out = []
+    cuda = torch.device(args.device).type == "cuda"
     for engine in ("autograd", "forward"):
-        for compiled in (False, True) if args.compile else (False,):
+        # on CUDA pinn compiles with mode="reduce-overhead" (CUDA graphs); the default mode shows their share
+        settings = ("false", "true", "default") if cuda and engine == "forward" else ("false", "true")
+        for setting in settings if args.compile else ("false",):
+            compiled = setting != "false"
             setup = build(make_cfg(equation, args, engine))
             setup.net.load_state_dict(base.net.state_dict())
             setup.problem.load_state(base.problem.state())
             setup.problem.plan()
-            setup.problem.configure("true" if compiled else "false")
+            setup.problem.configure(setting)
             name = f"pinn {engine}" + (" + compile" if compiled else "")
+            if cuda and compiled:
+                name += " (no CUDA graphs)" if setting == "default" else " (CUDA graphs)"
             params = list(setup.net.parameters())
             loss = lambda p=setup.problem: p.loss()[0]
             step = adam_step(params, loss, args.lr)
@@ -192,14 +198,17 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
     dtype = torch.get_default_dtype()
     try:
         dde = import_deepxde()
-        # DeepXDE makes cuda torch's default device wherever there is one; its network and the tensors
-        # it makes from numpy at every step must be on the bench's device
-        torch.set_default_device(torch.device(args.device))
-        return _deepxde_variant(dde, equation, base, points, args)
+        # DeepXDE makes cuda torch's default device wherever there is one (at import); its network and
+        # the tensors it makes from numpy at every step must be on the bench's device, and no other
+        # variant may see that default
+        torch.set_default_device(None)
+        with torch.device(args.device):
+            return _deepxde_variant(dde, equation, base, points, args)
     except Exception as err:  # noqa: BLE001 - any import or install failure: report it in the row
         return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
     finally:
         torch.set_default_dtype(dtype)  # its set_default_float sets it for everyone
+        torch.set_default_device(None)
 
 
 def _deepxde_variant(dde, equation: str, base, points, args) -> Variant:
@@ -241,8 +250,11 @@ def _deepxde_variant(dde, equation: str, base, points, args) -> Variant:
     model.train(iterations=1, display_every=10**9, verbose=0)  # sets up its training state
     ts = model.train_state
 
+    device = torch.device(args.device)
+
     def step() -> None:  # the step Model.train repeats, without its evaluations of the test loss
-        model._train_step(ts.X_train, ts.y_train, ts.train_aux_vars)
+        with device:
+            model._train_step(ts.X_train, ts.y_train, ts.train_aux_vars)
 
     rows = ts.X_train.shape[0]
     v = Variant(DEEPXDE, step, net, f"{dde.__version__}, Model._train_step; same loss (PointSetBC), but its "

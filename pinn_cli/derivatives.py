@@ -239,7 +239,8 @@ def constant_linear_part(residual: Callable, x: torch.Tensor, inputs: Sequence[s
     normals = None if normals is None else normals.detach().to(torch.float64)
     coefs = []
     for _ in range(2):
-        values = {k: torch.randn(len(x), generator=gen, dtype=torch.float64).requires_grad_(True) for k in keys}
+        values = {k: torch.randn(len(x), generator=gen, device="cpu", dtype=torch.float64).to(x.device).requires_grad_(True)
+                  for k in keys}
         with torch.enable_grad():
             r = residual(ProbeFields(x, inputs, outputs, values, normals))
             if not isinstance(r, torch.Tensor) or r.shape != (len(x),) or not r.requires_grad:

@@ -70,11 +70,13 @@ def requested() -> bool:
 
 
 def backend() -> str:
-    """``PINN_DIST_BACKEND`` if set; else gloo for CPU tensors and NCCL for CUDA tensors."""
+    """``PINN_DIST_BACKEND`` if set; else gloo for CPU tensors and NCCL for CUDA tensors, unless this
+    node runs more ranks than it has GPUs: NCCL refuses two ranks on one GPU, so gloo does it all."""
     chosen = os.environ.get("PINN_DIST_BACKEND")
     if chosen:
         return chosen
-    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "cpu:gloo,cuda:nccl" if gpus and gpus >= _env_int("LOCAL_WORLD_SIZE", 1) else "gloo"
 
 
 def init() -> Context:

@@ -93,7 +93,7 @@ class HVP:
 
 def rademacher(n: int, generator: torch.Generator, device) -> Tensor:
     """A vector of +-1 entries (float64), drawn on the CPU so results do not depend on the device."""
-    z = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int8).to(torch.float64) * 2 - 1
+    z = torch.randint(0, 2, (n,), generator=generator, device="cpu", dtype=torch.int8).to(torch.float64) * 2 - 1
     return z.to(device)
 
 
@@ -388,7 +388,7 @@ def subsample(problem, points: int, seed: int = 0) -> dict[str, int]:
     for t in problem.terms:
         n = len(t.x)
         if points and n > points:
-            idx = torch.randperm(n, generator=gen)[:points].sort().values.to(t.x.device)
+            idx = torch.randperm(n, generator=gen, device="cpu")[:points].sort().values.to(t.x.device)
             t.x = t.x[idx]
             if t.normals is not None:
                 t.normals = t.normals[idx]

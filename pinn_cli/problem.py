@@ -284,13 +284,13 @@ class Problem:
         over space, or a normal that varies from face to face, is never taken for a constant (points
         are redrawn later). Drawn from a private generator: planning does not move the run's RNG."""
         gen = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(term.x), generator=gen)[:n].to(term.x.device)
+        pick = torch.randperm(len(term.x), generator=gen, device="cpu")[:n].to(term.x.device)
         lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in (self.domain.lo, self.domain.hi))
-        anywhere = lo + torch.rand(n, len(lo), generator=gen, dtype=torch.float64) * (hi - lo)
+        anywhere = lo + torch.rand(n, len(lo), generator=gen, device="cpu", dtype=torch.float64) * (hi - lo)
         x = torch.cat([term.x[pick].to(torch.float64), anywhere.to(term.x.device)])
         if term.normals is None:
             return x, None
-        turn = torch.nn.functional.normalize(torch.randn(n, term.normals.shape[1], generator=gen, dtype=torch.float64))
+        turn = torch.nn.functional.normalize(torch.randn(n, term.normals.shape[1], generator=gen, device="cpu", dtype=torch.float64))
         return x, torch.cat([term.normals[pick].to(torch.float64), turn.to(term.normals.device)])
 
     def _channels(self, term: Term) -> ForwardPlan:

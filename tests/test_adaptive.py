@@ -44,7 +44,7 @@ def test_residual_norm_is_the_pde_residual(engine):
     eq = setup.equation
     ref = p.terms[0].residual(AutogradFields(setup.net, x, eq.inputs, eq.outputs)).detach().abs().reshape(-1)
     got = p.residual_norm(p.terms[0], x, chunk=16)
-    assert np.allclose(got, ref.numpy(), rtol=1e-10, atol=0)
+    assert np.allclose(got, ref.cpu().numpy(), rtol=1e-10, atol=0)
 
 
 def test_rad_redraw_keeps_pool_points_by_their_residual(monkeypatch):

@@ -31,6 +31,11 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PINN_DIST_BACKEND": "gloo"}
 
 
+def _pythonpath() -> str:
+    """The repo first, then whatever PYTHONPATH this test run already had."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _history(run: Path) -> list[dict]:
     return list(csv.DictReader(open(run / "history.csv")))
 
@@ -72,7 +77,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, extra):
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "pinn_cli", "train", *BASE, *extra],
-        cwd=ddp_cwd, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=ddp_cwd, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": _pythonpath()},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = [p.parent for p in ddp_cwd.glob("outputs/*/*/metrics.json")]
@@ -111,7 +116,7 @@ def test_torchrun_without_steps_reports_the_global_loss(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "pinn_cli", "train", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": _pythonpath()},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     (tmp_path / "single").mkdir()
@@ -127,7 +132,7 @@ def test_torchrun_bad_input_is_said_once(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "pinn_cli", "train", *BASE, "optimizer.lr=bad", f"hydra.run.dir={run}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": _pythonpath()},
     )
     assert res.returncode != 0
     said = "optimizer.lr='bad' is invalid"
@@ -162,7 +167,7 @@ def test_a_sweep_under_torchrun_is_refused_in_one_line(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "pinn_cli", "train", "-m", "seed=0,1", *BASE, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": _pythonpath()},
     )
     assert res.returncode != 0 and not (tmp_path / "sweep").exists()
     assert res.stderr.count("pinn train: error: a sweep (-m) does not run under torchrun") == 1
@@ -190,3 +195,16 @@ def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     ddp = json.loads((sweep / "0" / "metrics.json").read_text())
     single = run_training(make_cfg(*base), tmp_path / "single")
     assert ddp["steps"] == 40 and ddp["rel_l2"] == pytest.approx(single["rel_l2"], rel=RTOL)
+
+
+@pytest.mark.parametrize("gpus, local_ranks, expected", [
+    (0, 1, "gloo"), (1, 1, "cpu:gloo,cuda:nccl"), (2, 2, "cpu:gloo,cuda:nccl"), (1, 2, "gloo")])
+def test_backend_is_gloo_when_ranks_outnumber_gpus(monkeypatch, gpus, local_ranks, expected):
+    """NCCL refuses two ranks on one GPU (torchrun --nproc_per_node=2 on a one-GPU machine)."""
+    from pinn_cli import distributed
+
+    monkeypatch.delenv("PINN_DIST_BACKEND", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert distributed.backend() == expected

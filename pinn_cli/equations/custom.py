@@ -348,7 +348,7 @@ class Custom(Equation):
         gen = torch.Generator().manual_seed(0)
         lo = torch.tensor([self.bounds[k][0] for k in self.inputs], dtype=torch.float64)
         hi = torch.tensor([self.bounds[k][1] for k in self.inputs], dtype=torch.float64)
-        x = lo + torch.rand(n, len(self.inputs), generator=gen, dtype=torch.float64) * (hi - lo)
+        x = lo + torch.rand(n, len(self.inputs), generator=gen, device="cpu", dtype=torch.float64) * (hi - lo)
         misfit = exact_pde_misfit(self, x)
         for i, worst in enumerate(misfit):
             if worst > 1e-6:

@@ -1,0 +1,69 @@
+"""CUDA paths: every equation on the GPU against the CPU, CUDA-graph compile against eager, TF32.
+
+Skipped where no GPU is visible (CI); run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import EQUATIONS, make_cfg
+
+from pinn_cli.speed import set_tf32
+from pinn_cli.training import build
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SMALL = ("precision=float64", "network.width=16", "network.depth=2", "sampler.n_interior=64",
+         "sampler.n_boundary=16", "sampler.n_initial=16")
+
+
+def _loss_and_grads(equation: str, device: str, engine: str) -> list[torch.Tensor]:
+    setup = build(make_cfg(f"equation={equation}", f"device={device}", f"derivatives={engine}", *SMALL))
+    setup.problem.sample(np.random.default_rng(0))
+    setup.problem.plan()
+    total, parts = setup.problem.loss()
+    params = [p for p in setup.net.parameters() if p.requires_grad]  # wave's network has fixed ones
+    grads = torch.autograd.grad(total, params, allow_unused=True)
+    return [t.detach().cpu() for t in (total, *parts, *(g for g in grads if g is not None))]
+
+
+@pytest.mark.parametrize("engine", ["forward", "autograd"])
+@pytest.mark.parametrize("equation", [e for e in EQUATIONS if e != "custom"])
+def test_every_equation_gives_the_cpu_loss_on_cuda(equation, engine):
+    """Planning, probes and every term run on the GPU (a probe once left field values on the CPU,
+    so poisson2d and every residual that reads the coordinates failed on CUDA)."""
+    cpu, cuda = _loss_and_grads(equation, "cpu", engine), _loss_and_grads(equation, "cuda", engine)
+    assert len(cpu) == len(cuda)
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_cuda_graph_compile_takes_the_eager_steps():
+    """``trainer.compile=true`` on CUDA is mode reduce-overhead: replayed graphs, same Adam steps."""
+    weights = {}
+    for setting in ("false", "true"):
+        setup = build(make_cfg("equation=burgers", "device=cuda", *SMALL))
+        setup.problem.sample(np.random.default_rng(0))
+        setup.problem.plan()
+        setup.problem.configure(setting)
+        params = list(setup.net.parameters())
+        opt = torch.optim.Adam(params, lr=1e-3)
+        for _ in range(6):
+            opt.zero_grad(set_to_none=True)
+            setup.problem.loss()[0].backward()
+            opt.step()
+        assert setup.problem.compiled == (setting == "true")
+        weights[setting] = [p.detach().cpu().clone() for p in params]
+    for a, b in zip(weights["false"], weights["true"]):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_tf32_switch():
+    set_tf32(True)
+    try:
+        a = torch.randn(256, 256, device="cuda")
+        tf32 = (a @ a - (a.double() @ a.double()).float()).abs().max()
+    finally:
+        set_tf32(False)
+    ieee = (a @ a - (a.double() @ a.double()).float()).abs().max()
+    assert ieee < 1e-3 < tf32  # TF32 keeps a 10-bit mantissa: errors ~1e-2 at this size
