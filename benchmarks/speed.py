@@ -15,6 +15,7 @@ numerics, not only a similar error). The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
@@ -40,6 +41,8 @@ from omegaconf import open_dict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pinn_cli.config import resolve_device  # noqa: E402
+from pinn_cli.errors import PinnConfigError  # noqa: E402
 from pinn_cli.paths import config_dir  # noqa: E402
 from pinn_cli.speed import tune_malloc  # noqa: E402
 from pinn_cli.training import build  # noqa: E402
@@ -68,6 +71,7 @@ class Variant:
     peak_mb: float | None = None
     rel_l2: float | None = None
     max_dw: float | None = None
+    graphs: bool = False  # CUDA graphs: their memory pool is taken at capture, before any measured step
 
 
 def make_cfg(equation: str, args: argparse.Namespace, derivatives: str):
@@ -167,8 +171,9 @@ def pinn_variants(equation: str, base, args) -> list[Variant]:
             setup.problem.plan()
             setup.problem.configure(setting)
             name = f"pinn {engine}" + (" + compile" if compiled else "")
-            if cuda and compiled:
-                name += " (no CUDA graphs)" if setting == "default" else " (CUDA graphs)"
+            graphs = cuda and setting == "true"  # mode reduce-overhead
+            if cuda and compiled and engine == "forward":
+                name += " (CUDA graphs)" if graphs else " (no CUDA graphs)"
             params = list(setup.net.parameters())
             loss = lambda p=setup.problem: p.loss()[0]
             step = adam_step(params, loss, args.lr)
@@ -187,8 +192,15 @@ def pinn_variants(equation: str, base, args) -> list[Variant]:
             v = Variant(name, step, setup.net, note)
             v.steps_done = 1 if compiled else 0
             v.compile_s = compile_s if compiled else None
+            v.graphs = graphs
             out.append(v)
     return out
+
+
+def device_scope(device: str):
+    """``device`` as torch's default device inside the block; on the CPU, no scope at all: torch's
+    device mode intercepts every call, which would slow the DeepXDE row alone."""
+    return contextlib.nullcontext() if torch.device(device).type == "cpu" else torch.device(device)
 
 
 def deepxde_variant(equation: str, base, points, args) -> Variant:
@@ -202,7 +214,7 @@ def deepxde_variant(equation: str, base, points, args) -> Variant:
         # the tensors it makes from numpy at every step must be on the bench's device, and no other
         # variant may see that default
         torch.set_default_device(None)
-        with torch.device(args.device):
+        with device_scope(args.device):
             return _deepxde_variant(dde, equation, base, points, args)
     except Exception as err:  # noqa: BLE001 - any import or install failure: report it in the row
         return Variant(DEEPXDE, None, None, f"n/a ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
@@ -250,10 +262,8 @@ def _deepxde_variant(dde, equation: str, base, points, args) -> Variant:
     model.train(iterations=1, display_every=10**9, verbose=0)  # sets up its training state
     ts = model.train_state
 
-    device = torch.device(args.device)
-
     def step() -> None:  # the step Model.train repeats, without its evaluations of the test loss
-        with device:
+        with device_scope(args.device):
             model._train_step(ts.X_train, ts.y_train, ts.train_aux_vars)
 
     rows = ts.X_train.shape[0]
@@ -284,6 +294,8 @@ def peak_step_memory(v: Variant, device: torch.device) -> float | None:
     """Peak memory (MB) of one step above what was resident before it: CUDA allocator stats, or on
     Linux the process's peak RSS after handing freed heap memory back (malloc_trim) and resetting it."""
     gc.collect()
+    if device.type not in ("cuda", "cpu"):
+        return None
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -318,7 +330,8 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
     variants += pinn_variants(equation, base, args)
     live = [v for v in variants if v.step is not None]
     tick = clock(args.clock)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(
+        device.type) or (lambda: None)
     for v in live:
         for _ in range(args.warmup):
             v.step()
@@ -346,7 +359,7 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
             v.max_dw = max_weight_difference(v.predict, nested.predict)
     if args.memory:  # after the figures above: it takes one more step
         for v in live:
-            v.peak_mb = peak_step_memory(v, device)
+            v.peak_mb = None if v.graphs else peak_step_memory(v, device)
     return variants
 
 
@@ -430,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=50)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--precision", default="float32", choices=("float32", "float64"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu, as pinn train), cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall time, or this thread's CPU time (steadier on a loaded machine; only with --threads 1)")
@@ -453,7 +466,13 @@ def main(argv: list[str] | None = None) -> None:
     tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except PinnConfigError as err:
+        sys.exit(f"speed.py: error: {err}")
+    if device.type != "cpu" and args.clock == "cpu":
+        sys.exit("speed.py: error: --clock cpu cannot see time spent on the GPU: use the wall clock there")
+    args.device = str(device)
     started = time.perf_counter()
     rows = []
     for equation in args.equations:

@@ -36,13 +36,18 @@ def choice(value, key: str, accepted) -> str:
     return value
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist here."""
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str, dtype: torch.dtype | None = None) -> torch.device:
+    """``auto`` picks cuda, then mps (not for float64, which MPS lacks), then cpu; an explicit device
+    must exist here and hold ``dtype``."""
     name = str(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available() and dtype != torch.float64:
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -57,8 +62,10 @@ def resolve_device(name: str) -> torch.device:
                 f"device={name} is not available: {torch.cuda.device_count()} CUDA device(s) visible"
             )
     elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not _mps_available():
             raise PinnConfigError(f"device={name} is not available here; use device=auto or device=cpu")
+        if dtype == torch.float64:
+            raise PinnConfigError(f"device={name} has no float64; add precision=float32, or use device=cpu")
     elif dev.type != "cpu":
         raise PinnConfigError(f"device={name!r} is not supported; choose from: auto, cpu, cuda, cuda:N, mps")
     return dev

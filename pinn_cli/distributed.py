@@ -70,13 +70,18 @@ def requested() -> bool:
 
 
 def backend() -> str:
-    """``PINN_DIST_BACKEND`` if set; else gloo for CPU tensors and NCCL for CUDA tensors, unless this
-    node runs more ranks than it has GPUs: NCCL refuses two ranks on one GPU, so gloo does it all."""
+    """``PINN_DIST_BACKEND`` if set; else gloo for CPU tensors and NCCL for CUDA tensors. NCCL refuses
+    two ranks on one GPU: where every rank sees all of the node's GPUs (no CUDA_VISIBLE_DEVICES) and
+    they are fewer than the node's ranks, gloo does it all. A set CUDA_VISIBLE_DEVICES may give each
+    rank its own GPU (SLURM's per-task binding), so it keeps NCCL."""
     chosen = os.environ.get("PINN_DIST_BACKEND")
     if chosen:
         return chosen
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return "cpu:gloo,cuda:nccl" if gpus and gpus >= _env_int("LOCAL_WORLD_SIZE", 1) else "gloo"
+    if not gpus:
+        return "gloo"
+    shared = "CUDA_VISIBLE_DEVICES" not in os.environ and gpus < _env_int("LOCAL_WORLD_SIZE", 1)
+    return "gloo" if shared else "cpu:gloo,cuda:nccl"
 
 
 def init() -> Context:

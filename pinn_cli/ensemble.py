@@ -691,9 +691,12 @@ class BatchedLBFGS:
                 "n_iter": self.n_iter, "scale": self.scale}
 
     def load_state_dict(self, st: dict) -> None:
-        self.s, self.y, self.rho = list(st["s"]), list(st["y"]), list(st["rho"])
-        self.h_diag, self.done, self.n_iter = st["h_diag"], st["done"], st["n_iter"]
-        self.scale = st.get("scale")
+        """Checkpoints load onto the CPU: the history goes to the parameters' device."""
+        dev = self.params[0].device
+        to = lambda t: None if t is None else t.to(dev)
+        self.s, self.y, self.rho = ([to(t) for t in st[k]] for k in ("s", "y", "rho"))
+        self.h_diag, self.done, self.n_iter = to(st["h_diag"]), to(st["done"]), st["n_iter"]
+        self.scale = to(st.get("scale"))
 
 
 # ---------------------------------------------------------------- training loop
@@ -712,6 +715,8 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
         resample_due,
         resolve_resume,
         row_due,
+        say_resume_plan,
+        warn_changed_settings,
     )
 
     run_dir = Path(run_dir)
@@ -756,11 +761,13 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     step, best, elapsed_before = 0, math.inf, 0.0
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
     refuse_used_run_dir(resume, run_dir)
+    say_resume_plan(t_cfg.get("resume"), resume, ckpt_dir)
     if resume is not None:
         state = checkpoint.load(resume)
         _check_compatible(state, config_dict, resume)
         if state.get("ensemble", {}).get("n") != n or state["config"]["network"] != config_dict["network"]:
             raise PinnError(f"checkpoint {resume} is not of this ensemble (trainer.ensemble or network.* differs)")
+        warn_changed_settings(state["config"], config_dict)
         ens.load(state["model"])
         schedule.load_state_dict(state["optimizer"]["schedule"])
         lbfgs.load_state_dict(state["optimizer"]["lbfgs"])

@@ -164,8 +164,8 @@ class Problem:
             if term.x is None or not len(term.x):
                 continue
             pick = torch.linspace(0, len(term.x) - 1, min(256, len(term.x))).long()
-            x = term.x[pick].detach().to(torch.float64)
-            normals = None if term.normals is None else term.normals[pick].detach().to(torch.float64)
+            x = term.x[pick].detach().to("cpu", torch.float64)
+            normals = None if term.normals is None else term.normals[pick].detach().to("cpu", torch.float64)
             f = AutogradFields(eq.exact, x, eq.inputs, eq.outputs, normals)
             res = term.residual(f)
             worst = max(float(r.detach().abs().max()) for r in (res if isinstance(res, (tuple, list)) else (res,)))
@@ -183,7 +183,7 @@ class Problem:
         unchecked, where ``exact`` is not written in differentiable torch ops."""
         eq = self.equation
         pts = self.terms[0].x
-        x = pts[torch.linspace(0, len(pts) - 1, min(n, len(pts))).long()].detach().to(torch.float64)
+        x = pts[torch.linspace(0, len(pts) - 1, min(n, len(pts))).long()].detach().to("cpu", torch.float64)
         try:
             values = eq.exact(x.clone().requires_grad_(True))
         except RuntimeError:  # e.g. .numpy() on a tensor that requires grad: not differentiable, so no PDE check
@@ -283,19 +283,21 @@ class Problem:
         anywhere in the domain's box with random unit normals, so that a coefficient that varies
         over space, or a normal that varies from face to face, is never taken for a constant (points
         are redrawn later). Drawn from a private generator: planning does not move the run's RNG."""
+        cpu64 = {"device": "cpu", "dtype": torch.float64}
         gen = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(term.x), generator=gen, device="cpu")[:n].to(term.x.device)
-        lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in (self.domain.lo, self.domain.hi))
-        anywhere = lo + torch.rand(n, len(lo), generator=gen, device="cpu", dtype=torch.float64) * (hi - lo)
-        x = torch.cat([term.x[pick].to(torch.float64), anywhere.to(term.x.device)])
+        pick = torch.randperm(len(term.x), generator=gen, device="cpu")[:n]
+        lo, hi = (torch.as_tensor(b, **cpu64) for b in (self.domain.lo, self.domain.hi))
+        anywhere = lo + torch.rand(n, len(lo), generator=gen, **cpu64) * (hi - lo)
+        x = torch.cat([term.x.detach().cpu()[pick].to(torch.float64), anywhere])
         if term.normals is None:
             return x, None
-        turn = torch.nn.functional.normalize(torch.randn(n, term.normals.shape[1], generator=gen, device="cpu", dtype=torch.float64))
-        return x, torch.cat([term.normals[pick].to(torch.float64), turn.to(term.normals.device)])
+        turn = torch.nn.functional.normalize(torch.randn(n, term.normals.shape[1], generator=gen, **cpu64))
+        return x, torch.cat([term.normals.detach().cpu()[pick].to(torch.float64), turn])
 
     def _channels(self, term: Term) -> ForwardPlan:
         """The term's forward channels, with its constant-coefficient linear operator fused into one
-        channel when the residual allows it (checked against the autograd engine in float64)."""
+        channel when the residual allows it (checked against the autograd engine in float64 on the CPU, where
+        every device-independent start-up check runs: MPS has no float64)."""
         eq = self.equation
         x, normals = self._probe_points(term)
         plain = ForwardPlan.build(term.needs)
@@ -303,9 +305,9 @@ class Problem:
         if not fused:
             return plain
         channels = ForwardPlan.build(term.needs, fused)
-        net = copy.deepcopy(self.net).to(torch.float64)
-        x64 = x.detach().to(torch.float64)
-        n64 = None if normals is None else normals.to(torch.float64)
+        net = copy.deepcopy(self.net).to("cpu", torch.float64)
+        x64 = x.detach().to("cpu", torch.float64)
+        n64 = None if normals is None else normals.to("cpu", torch.float64)
         ref = term.residual(AutogradFields(net, x64, eq.inputs, eq.outputs, n64)).detach()
         got = term.residual(ForwardFields(net, x64, eq.inputs, eq.outputs, term.needs, n64, channels)).detach()
         if (got - ref).abs().max() > 1e-9 * max(1.0, ref.abs().max().item()):

@@ -69,7 +69,8 @@ def build(cfg: DictConfig) -> Setup:
     """Validate ``cfg`` and build the equation, domain, network, problem and evaluator."""
     validate(cfg)
     check_sampler(cfg.sampler.name)
-    device, dtype = distributed.local_device(resolve_device(cfg.device)), resolve_dtype(cfg.precision)
+    dtype = resolve_dtype(cfg.precision)
+    device = distributed.local_device(resolve_device(cfg.device, dtype))
     torch.manual_seed(cfg.seed)
     equation = build_equation(cfg.equation)
     domain = build_domain(cfg.domain, equation)
@@ -251,6 +252,21 @@ def refuse_used_run_dir(resume: Path | None, run_dir: Path) -> None:
         )
 
 
+def say_resume_plan(setting, resume: Path | None, ckpt_dir: Path) -> None:
+    """``trainer.resume=auto`` with no checkpoint starts afresh: say so, rather than nothing."""
+    if resume is None and setting == "auto":
+        log.info("trainer.resume=auto: no checkpoint in %s, so training starts at step 0", ckpt_dir)
+
+
+def warn_changed_settings(saved: dict, current: dict) -> None:
+    """A resume carries on the checkpoint's points, optimizer state and random streams, so a changed
+    sampler size or lr would be silently ineffective: name the settings that differ."""
+    changed = changed_settings(saved, current)
+    if changed:
+        log.warning("resuming with settings changed since the checkpoint: %s; its training points, "
+                    "optimizer state and random streams carry on", ", ".join(changed))
+
+
 def resolve_resume(value, run_dir: Path) -> Path | None:
     """``trainer.resume``: null (fresh), ``auto`` (last.pt of this run dir if present) or a path."""
     if value in (None, "", False, "none", "null"):
@@ -296,15 +312,11 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
     undone_at = finish_at = None  # the step of an L-BFGS block a signal undid (this run / the checkpoint's)
     resume = resolve_resume(t_cfg.get("resume"), run_dir)
     refuse_used_run_dir(resume, run_dir)
-    if resume is None and t_cfg.get("resume") == "auto":
-        log.info("trainer.resume=auto: no checkpoint in %s, so training starts at step 0", ckpt_dir)
+    say_resume_plan(t_cfg.get("resume"), resume, ckpt_dir)
     if resume is not None:
         state = checkpoint.load(resume)
         _check_compatible(state, config_dict, resume)
-        changed = changed_settings(state["config"], config_dict)
-        if changed:
-            log.warning("resuming with settings changed since the checkpoint: %s; its training points, "
-                        "optimizer state and random streams carry on", ", ".join(changed))
+        warn_changed_settings(state["config"], config_dict)
         try:
             net.load_state_dict(state["model"])
         except RuntimeError:
@@ -446,7 +458,8 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
 
 
 RESUME_FREE = {"trainer.steps", "trainer.resume", "trainer.log_every", "trainer.eval_every",
-               "trainer.checkpoint_every", "trainer.progress", "trainer.compile"}  # meant to change on a resume
+               "trainer.checkpoint_every", "trainer.progress", "trainer.compile",
+               "trainer.ensemble_chunk"}  # meant to change on a resume
 
 
 def changed_settings(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -242,3 +242,22 @@ def test_sigterm_ends_a_local_sweep_after_the_job_saves(tmp_path):
     assert (tmp_path / "0" / "checkpoints" / "last.pt").is_file()
     assert not (tmp_path / "1").exists()
     assert "later jobs of the sweep did not run" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, precision, expected", [
+    ("auto", "float64", "cpu"), ("auto", "float32", "mps"), ("mps", "float32", "mps"),
+    ("mps", "float64", "device=mps has no float64; add precision=float32, or use device=cpu")])
+def test_mps_is_not_given_float64(monkeypatch, name, precision, expected):
+    """MPS has no float64 (the default precision): auto passes it by, an explicit mps says why in one line."""
+    import torch
+
+    from pinn_cli.config import PRECISIONS, resolve_device
+    from pinn_cli.errors import PinnConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    if expected.startswith("device="):
+        with pytest.raises(PinnConfigError, match=expected):
+            resolve_device(name, PRECISIONS[precision])
+    else:
+        assert resolve_device(name, PRECISIONS[precision]).type == expected

@@ -197,14 +197,20 @@ def test_submitit_job_with_two_tasks_trains_one_problem(tmp_path):
     assert ddp["steps"] == 40 and ddp["rel_l2"] == pytest.approx(single["rel_l2"], rel=RTOL)
 
 
-@pytest.mark.parametrize("gpus, local_ranks, expected", [
-    (0, 1, "gloo"), (1, 1, "cpu:gloo,cuda:nccl"), (2, 2, "cpu:gloo,cuda:nccl"), (1, 2, "gloo")])
-def test_backend_is_gloo_when_ranks_outnumber_gpus(monkeypatch, gpus, local_ranks, expected):
-    """NCCL refuses two ranks on one GPU (torchrun --nproc_per_node=2 on a one-GPU machine)."""
+@pytest.mark.parametrize("gpus, local_ranks, visible, expected", [
+    (0, 1, None, "gloo"), (1, 1, None, "cpu:gloo,cuda:nccl"), (2, 2, None, "cpu:gloo,cuda:nccl"),
+    (1, 2, None, "gloo"), (1, 4, "2", "cpu:gloo,cuda:nccl")])
+def test_backend_is_gloo_when_ranks_share_a_gpu(monkeypatch, gpus, local_ranks, visible, expected):
+    """NCCL refuses two ranks on one GPU (torchrun --nproc_per_node=2 on a one-GPU machine); a rank
+    that sees one GPU of its own through CUDA_VISIBLE_DEVICES (SLURM per-task binding) keeps NCCL."""
     from pinn_cli import distributed
 
     monkeypatch.delenv("PINN_DIST_BACKEND", raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert distributed.backend() == expected

@@ -295,3 +295,19 @@ def test_compile_setting_is_checked_and_true_is_said_to_run_eager(tmp_path, capl
         run_ensemble(make_cfg("trainer.ensemble=2", "trainer.compile=true", "trainer.steps=2", "optimizer=adam",
                               *SMALL), tmp_path / "b")
     assert sum("an ensemble runs its vmapped torch.func loss eagerly" in r.message for r in caplog.records) == 1
+
+
+def test_an_ensemble_resume_says_what_a_single_run_resume_says(tmp_path, caplog):
+    """resume=auto with no checkpoint says it starts at step 0; a resume names the settings changed
+    since its checkpoint (the members' points and optimizer state carry on, so they would not apply)."""
+    import logging
+
+    base = ["equation=ode_decay", "trainer.ensemble=2", "optimizer=adam", "trainer.resume=auto", *SMALL]
+    with caplog.at_level(logging.INFO, logger="pinn"):
+        run_ensemble(make_cfg(*base, "trainer.steps=6"), tmp_path)
+        assert any("trainer.resume=auto: no checkpoint in" in r.message for r in caplog.records)
+        caplog.clear()
+        run_ensemble(make_cfg(*base, "trainer.steps=12", "optimizer.lr=0.01", "trainer.ensemble_chunk=1"), tmp_path)
+    assert any("resumed from" in r.message for r in caplog.records)
+    (warning,) = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert "changed since the checkpoint: optimizer.lr 0.001 -> 0.01;" in warning

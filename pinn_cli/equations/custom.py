@@ -346,8 +346,8 @@ class Custom(Equation):
     def _check_exact(self, n: int = 64) -> None:
         """The exact solution must satisfy the residual (catches a typo, or an inherited ``exact``)."""
         gen = torch.Generator().manual_seed(0)
-        lo = torch.tensor([self.bounds[k][0] for k in self.inputs], dtype=torch.float64)
-        hi = torch.tensor([self.bounds[k][1] for k in self.inputs], dtype=torch.float64)
+        lo = torch.tensor([self.bounds[k][0] for k in self.inputs], dtype=torch.float64, device="cpu")
+        hi = torch.tensor([self.bounds[k][1] for k in self.inputs], dtype=torch.float64, device="cpu")
         x = lo + torch.rand(n, len(self.inputs), generator=gen, device="cpu", dtype=torch.float64) * (hi - lo)
         misfit = exact_pde_misfit(self, x)
         for i, worst in enumerate(misfit):
