@@ -92,3 +92,18 @@ def test_an_ensembles_lbfgs_history_resumes_onto_the_gpu():
     for _ in range(10):
         resumed.step(loss)
     assert float(loss()[0].detach().max()) < 1e-8  # 1.5e-10 on the CPU
+
+
+def test_the_fused_forward_engine_takes_one_block_on_the_gpu(monkeypatch):
+    """CPU-cache blocking would repeat every kernel launch of a step once per block of points."""
+    from pinn_cli import taylor
+
+    seen, real = [], taylor._blocks
+    monkeypatch.setattr(taylor, "_blocks", lambda *a: seen.append(a) or real(*a))
+    setup = build(make_cfg("equation=heat", "device=cuda", "precision=float32", "network.width=50",
+                           "network.depth=4", "sampler.n_interior=65536", "sampler.n_boundary=4096",
+                           "sampler.n_initial=4096"))
+    setup.problem.sample(np.random.default_rng(0))
+    setup.problem.plan()
+    setup.problem.loss()[0].backward()
+    assert seen and all(len(real(*a)) <= 2 for a in seen)  # one block with derivative channels, one without
