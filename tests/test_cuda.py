@@ -30,8 +30,8 @@ def _loss_and_grads(equation: str, device: str, engine: str) -> list[torch.Tenso
 @pytest.mark.parametrize("engine", ["forward", "autograd"])
 @pytest.mark.parametrize("equation", [e for e in EQUATIONS if e != "custom"])
 def test_every_equation_gives_the_cpu_loss_on_cuda(equation, engine):
-    """Planning, probes and every term run on the GPU (a probe once left field values on the CPU,
-    so poisson2d and every residual that reads the coordinates failed on CUDA)."""
+    """Every term runs on the GPU and planning copes with points there (a plan-time probe once mixed
+    CPU field values with GPU points, so poisson2d and every residual reading the coordinates failed)."""
     cpu, cuda = _loss_and_grads(equation, "cpu", engine), _loss_and_grads(equation, "cuda", engine)
     assert len(cpu) == len(cuda)
     for a, b in zip(cpu, cuda):
