@@ -113,8 +113,14 @@ def is_main() -> bool:
     return context().is_main
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. After a run every rank finished (``finished``), the ranks meet at a
+    barrier first, as PyTorch advises: a rank tearing its group down while another still uses it
+    could hang at exit (seen with torch 2.4 under load). After an error there is no barrier: a rank
+    that failed alone would leave the others waiting at it."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -79,8 +79,10 @@ def main() -> None:
     from .. import distributed
 
     distributed.prepare_launch()
+    finished = False
     try:
         _hydra_main()
+        finished = True
     except SweepStopped as stop:
         print(f"pinn train: {stop}", file=sys.stderr)
     except ValueError as err:  # Hydra's own usage error for two run modes at once (-m with --cfg)
@@ -88,4 +90,4 @@ def main() -> None:
             raise PinnError(f"{err}; -m cannot be combined with --cfg or --info") from None
         raise
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
