@@ -36,8 +36,9 @@ train: $(STAMP)  ## train the default problem (1D heat); ARGS="key=value ..." ad
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
-bench: $(STAMP)  ## speed table: pinn's derivative engines against nested autograd
+bench: $(STAMP)  ## speed tables: derivative engines against nested autograd and DeepXDE; L-BFGS against torch's
 	$(BIN)/python benchmarks/speed.py --deepxde $(ARGS)
+	$(BIN)/python benchmarks/lbfgs.py
 
 accuracy: $(STAMP)  ## accuracy table: every equation's default config (rel L2, time)
 	$(BIN)/python benchmarks/accuracy.py $(ARGS)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .config import choice, positive_float, positive_int
+from .lbfgs import LBFGS
 
 OPTIMIZERS = ("adam", "lbfgs", "adam_lbfgs")
 SCHEDULERS = ("none", "exponential", "cosine")
@@ -55,7 +56,7 @@ class OptimizerSchedule:
         start = lb.get("start_loss", 10.0)
         self.lbfgs_start_loss = None if start is None else positive_float(start, "optimizer.lbfgs.start_loss")
         self.lbfgs_scale: float | None = None
-        self.lbfgs = torch.optim.LBFGS(
+        self.lbfgs = LBFGS(
             params, lr=lbfgs_lr, history_size=positive_int(lb.get("history_size", 50), "optimizer.lbfgs.history_size"),
             max_iter=1, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-16,
         )
@@ -112,8 +113,8 @@ class OptimizerSchedule:
         return done, last["total"], last["parts"]
 
     def _lbfgs_snapshot(self) -> tuple[list[torch.Tensor], dict]:
-        """The parameters and L-BFGS state, cheaply: torch's L-BFGS replaces its state's tensors and
-        appends to or pops from its history lists, so copies of the lists suffice for those."""
+        """The parameters and a copy of the L-BFGS state (its history's ring buffers are written in
+        place, so they are cloned: 2 x history x parameters values)."""
         state = self.lbfgs.state[self.lbfgs._params[0]]
         copy = {k: list(v) if isinstance(v, list) else v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
         return [p.detach().clone() for p in self.lbfgs._params], copy

@@ -156,3 +156,15 @@ def test_tf32_switch():
     finally:
         speed.set_tf32(False)
     assert not on()
+
+
+def test_lbfgs_bench_runs_both_optimizers_on_the_same_path():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lbfgs.py"), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["optimizer"] for r in data["results"]] == ["torch.optim.LBFGS", "pinn LBFGS"]
+    assert all(r["iters"] == data["iters"] and r["median_ms"] > r["own_ms"] > 0 for r in data["results"])
+    assert data["first_round_max_dw"] < 1e-10  # the same iterates, up to rounding
+    assert data["direction_rel_diff"] < 1e-10 and data["ring_wrapped"]
