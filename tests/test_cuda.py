@@ -107,3 +107,39 @@ def test_the_fused_forward_engine_takes_one_block_on_the_gpu(monkeypatch):
     setup.problem.plan()
     setup.problem.loss()[0].backward()
     assert seen and all(len(real(*a)) <= 2 for a in seen)  # one block with derivative channels, one without
+
+
+def test_lbfgs_on_cuda_takes_the_cpu_iterates_and_its_direction_never_syncs():
+    """pinn's L-BFGS exists to drop torch's 100 host syncs per iteration: its direction must run with
+    CUDA's sync debug mode set to error, and its iterates must be the CPU's."""
+    from pinn_cli.lbfgs import LBFGS, _History
+
+    def fit(device: str):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double().to(device)
+        x = torch.rand(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+        target = torch.sin(3 * x[:, :1])
+        opt = LBFGS(net.parameters(), lr=1.0, history_size=4, max_iter=12, line_search_fn="strong_wolfe",
+                    tolerance_grad=1e-15, tolerance_change=1e-16)
+
+        def closure():
+            opt.zero_grad()
+            loss = (net(x) - target).square().mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return opt, torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
+
+    _, on_cpu = fit("cpu")
+    opt, on_cuda = fit("cuda")
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=0, atol=1e-9)
+    state = opt.state[opt._params[0]]
+    assert state["head"] > 0  # the ring has wrapped: the reordering path is the one checked
+    g = torch.randn(state["S"].shape[1], dtype=torch.float64, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _History.direction(state, g, state["H_diag"])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
