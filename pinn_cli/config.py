@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 import torch
@@ -23,9 +24,10 @@ def positive_int(value, key: str, allow_zero: bool = False) -> int:
 
 def positive_float(value, key: str, allow_zero: bool = False) -> float:
     """``value`` as a float > 0 (or >= 0), else a one-line error naming ``key``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value >= 0 if allow_zero else value > 0))
     if not ok:
-        need = "a non-negative number" if allow_zero else "a positive number"
+        need = "a finite non-negative number" if allow_zero else "a finite positive number"
         raise PinnConfigError(f"{key}={value!r} is invalid; it must be {need}")
     return float(value)
 
@@ -94,8 +96,8 @@ def validate(cfg: DictConfig) -> None:
     positive_int((cfg.get("analysis") or {}).get("hessian_every", 0) or 0, "analysis.hessian_every", allow_zero=True)
     positive_float(o.lr, "optimizer.lr")
     positive_int(o.get("adam_steps", 0), "optimizer.adam_steps", allow_zero=True)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise PinnConfigError(f"seed={cfg.seed!r} is invalid; it must be an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**63:
+        raise PinnConfigError(f"seed={cfg.seed!r} is invalid; it must be an integer from 0 to 2**63 - 1")
     resolve_dtype(cfg.precision)
 
 

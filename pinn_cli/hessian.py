@@ -194,7 +194,8 @@ def top_eigenvalues(matvec: MatVec, n: int, k: int = 5, iters: int = 100, tol: f
         "lambda_max": lam_max,
         "lambda_min": lam_min,
         "lambda_min_residual": float(res.residuals[0]),
-        "condition_number": None if indefinite else condition_number(lam_max, lam_min),
+        # a lambda_min within the tolerance band around 0 is numerically 0: no finite bound on kappa
+        "condition_number": None if indefinite else condition_number(lam_max, lam_min if lam_min > tol * scale else 0.0),
         "indefinite": indefinite,
         "history": res.history,
     }

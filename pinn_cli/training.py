@@ -40,6 +40,9 @@ def build_equation(cfg: DictConfig) -> Equation:
     if target is None:
         raise PinnConfigError(f"equation {kwargs.get('name', '')!r} has no _target_; an equation written in YAML "
                               f"starts with `defaults: [custom]`")
+    for key, value in [*kwargs.items(), *((f"params.{k}", v) for k, v in (kwargs.get("params") or {}).items())]:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PinnConfigError(f"equation.{key}={value!r} is invalid; it must be a finite number")
     module, _, name = str(target).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)

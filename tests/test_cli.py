@@ -110,7 +110,7 @@ def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
         ("sampler.n_interior=-5", "sampler.n_interior=-5 is invalid; it must be a positive integer"),
         ("network.depth=0", "network.depth=0 is invalid; it must be a positive integer"),
         ("device=cuda", "device=cuda is not available"),
-        ("optimizer.lr=abc", "optimizer.lr='abc' is invalid; it must be a positive number"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' is invalid; it must be a finite positive number"),
         ("network.activation=relu", "network.activation='relu' is not known; choose from: tanh, sin"),
         ("precision=float16", "precision='float16' is not known; choose from: float32, float64"),
         ("derivatives=magic", "derivatives='magic' is not known"),

@@ -66,7 +66,11 @@ def test_network_config_builds():
     ("analysis.hessian_every=abc", "analysis.hessian_every='abc' is invalid"),
     ("trainer.progress=maybe", "trainer.progress='maybe' is invalid; it must be true or false"),
     ("trainer.tf32=maybe", "trainer.tf32='maybe' is invalid"),
-    ("++equation.weights.pde=-1", "equation.weights.pde=-1 is invalid; it must be a non-negative number"),
+    ("++equation.weights.pde=-1", "equation.weights.pde=-1 is invalid; it must be a finite non-negative number"),
+    ("optimizer.lr=inf", "optimizer.lr=inf is invalid; it must be a finite positive number"),
+    ("equation.alpha=inf", "equation.alpha=inf is invalid; it must be a finite number"),
+    ("seed=-1", "seed=-1 is invalid; it must be an integer from 0 to 2"),
+    ("seed=99999999999999999999", "seed=99999999999999999999 is invalid"),
 ])
 def test_bad_values_name_their_key(override, expected):
     from pinn_cli.errors import PinnConfigError

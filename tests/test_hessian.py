@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -241,6 +242,14 @@ def test_indefinite_hessian_has_no_condition_number():
     assert out["lambda_min"] == pytest.approx(-3.0) and out["top_eigenvalues"] == pytest.approx([5.0, 2.0])
     pos, _ = hs.top_eigenvalues(lambda v: d.abs() * v, 4, k=2, iters=4)
     assert pos["indefinite"] is False and pos["condition_number"] == pytest.approx(5.0)
+
+
+def test_a_lambda_min_within_the_tolerance_of_zero_gives_no_finite_condition_number():
+    """A slightly negative lambda_min inside the zero band is not called indefinite, and |max/min| of
+    it would be a meaningless finite number: the Hessian is numerically singular."""
+    d = torch.tensor([5.0, 2.0, 1.0, -1e-9], dtype=torch.float64)
+    out, _ = hs.top_eigenvalues(lambda v: d * v, 4, k=2, iters=4, tol=1e-6)
+    assert out["indefinite"] is False and out["condition_number"] == math.inf
 
 
 def test_a_term_of_weight_zero_has_a_zero_spectrum(tmp_path, capsys):

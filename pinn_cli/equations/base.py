@@ -75,7 +75,7 @@ class Equation:
         for key, value in weights.items():
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
             if not ok:
-                raise PinnConfigError(f"equation.weights.{key}={value!r} is invalid; it must be a non-negative number")
+                raise PinnConfigError(f"equation.weights.{key}={value!r} is invalid; it must be a finite non-negative number")
         self.weights = {t: float(weights.get(t, 1.0)) for t in terms}
 
     def residual(self, f: Fields) -> torch.Tensor | Sequence[torch.Tensor]:
