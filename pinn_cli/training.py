@@ -22,6 +22,7 @@ from .derivatives import DerivativeEngine
 from .domains import Box, build_domain
 from .equations.base import Equation
 from .errors import PinnConfigError, PinnError
+from .hydra_record import restore_earlier_record
 from .metrics import Evaluator
 from .networks import build_network, trainable
 from .optim import Interrupted, OptimizerSchedule
@@ -249,6 +250,8 @@ def refuse_used_run_dir(resume: Path | None, run_dir: Path) -> None:
     ctx = distributed.context()
     old = [p.name for p in (run_dir / "checkpoints" / n for n in ("last.pt", "best.pt")) if p.is_file()]
     if distributed.share(old if ctx.is_main else None):
+        if ctx.is_main:
+            restore_earlier_record(run_dir / ".hydra")
         raise PinnConfigError(
             f"run directory {run_dir} already holds checkpoints of an earlier run; continue it with "
             "trainer.resume=auto, or start afresh in another hydra.run.dir"

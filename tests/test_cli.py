@@ -216,6 +216,19 @@ def test_a_failed_resume_keeps_the_earlier_hydra_record(tmp_path):
     assert "network.width=7" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
 
 
+def test_a_refused_sweep_leaves_the_jobs_records_as_they_were(tmp_path):
+    """A sweep re-run into a sweep directory whose jobs hold checkpoints is refused; Hydra has by then
+    rewritten each job's .hydra/, so the refusal puts the record of the run that trained back (else
+    `pinn summarize` would show the refused settings next to the old results)."""
+    sweep = tmp_path / "sweep"
+    assert pinn("train", "-m", "network.width=6", f"hydra.sweep.dir={sweep}", *FAST).returncode == 0
+    first = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    res = pinn("train", "-m", "network.width=9", f"hydra.sweep.dir={sweep}", *FAST)
+    assert res.returncode == 2 and "already holds checkpoints" in res.stderr
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == first
+    assert "network.width=6" in first
+
+
 def test_sigterm_ends_a_local_sweep_after_the_job_saves(tmp_path):
     """Without submitit nothing requeues a job: SIGTERM saves the running job and ends the sweep."""
     import signal
