@@ -54,8 +54,8 @@ class _History:
         """The stored (s, y) pairs, oldest first, from either layout (torch's lists or the ring)."""
         if "old_stps" in state:
             return list(zip(state["old_stps"], state["old_dirs"]))
-        n, size, head = state["count"], state["S"].shape[0], state["head"]
-        rows = range(n) if n < size else [(head + k) % size for k in range(size)]
+        order = _History.order(state, state["S"].device)
+        rows = range(state["count"]) if order is None else order.tolist()
         return [(state["S"][i], state["Y"][i]) for i in rows]
 
     @staticmethod
@@ -66,8 +66,8 @@ class _History:
         for key in ("old_stps", "old_dirs", "ro", "al"):
             state.pop(key, None)
         _History.empty(state, size, like)
-        for s, y in pairs:
-            _History.push(state, s.to(like), y.to(like), y.to(like).dot(s.to(like)))
+        for s, y in ((s.to(like), y.to(like)) for s, y in pairs):
+            _History.push(state, s, y, y.dot(s))
 
     @staticmethod
     def push(state: dict, s: Tensor, y: Tensor, ys: Tensor) -> None:
