@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,6 +52,9 @@ EQUATIONS = ("heat", "poisson2d", "burgers")
 NESTED = "nested autograd"
 DEEPXDE = "DeepXDE"
 DEFAULT = "pinn forward"  # what `pinn train` uses: derivatives=auto resolves to forward on an MLP
+FLOOR = "GEMM floor (pinn forward's matmuls + Adam, nothing else)"
+GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default,
+         torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)
 CONTROL = "pinn autograd"  # the same algorithm as nested autograd: its ratio says how noisy the run was
 DEEPXDE_VERSION = "1.15.0"
 StepFn = Callable[[], None]
@@ -285,6 +289,60 @@ def import_deepxde():
     return deepxde
 
 
+# ---------------------------------------------------------------- the matmul floor
+class _GemmRecorder(TorchDispatchMode):
+    """Records every matrix product run under it: (op, argument specs, kwargs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in GEMMS:
+            spec = lambda a: ("T", a.shape, a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
+            self.calls.append((func, [spec(a) for a in args], {k: spec(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+
+def _materialise(spec, gen: torch.Generator):
+    """A tensor of the recorded shape, strides, dtype and device (a transposed view stays transposed)."""
+    if not (isinstance(spec, tuple) and spec and spec[0] == "T"):
+        return spec
+    _, shape, stride, dtype, device = spec
+    extent = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+    base = torch.randn(extent, generator=gen, dtype=dtype).to(device) * 0.1
+    return base.as_strided(shape, stride)
+
+
+def gemm_floor_variant(source: Variant) -> Variant:
+    """The matrix products of one of ``source``'s steps (recorded, with their shapes, strides and
+    order), on fresh tensors of their own, then an Adam update of the same parameters. No
+    elementwise work: no engine that runs these products can have a better ratio than this row."""
+    net = copy.deepcopy(source.predict)
+    params = list(net.parameters())
+    rec = _GemmRecorder()
+    with rec:
+        source.step()
+    source.steps_done += 1
+    gen = torch.Generator().manual_seed(0)
+    calls = [(f, [_materialise(a, gen) for a in args], {k: _materialise(v, gen) for k, v in kw.items()})
+             for f, args, kw in rec.calls]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = torch.optim.Adam(params, lr=1e-3)
+    flops = sum(2 * math.prod(a[1][-2:]) * b[1][-1] * (a[1][0] if len(a[1]) == 3 else 1)
+                for f, args, _ in rec.calls for a, b in [args[-2:]])
+
+    def step() -> None:
+        for f, args, kw in calls:
+            f(*args, **kw)
+        opt.step()
+
+    return Variant(FLOOR, step, None, f"not a training step: the {len(calls)} matrix products "
+                   f"({flops / 1e9:.2f} GFLOP) of one pinn forward step and its Adam update")
+
+
 # ---------------------------------------------------------------- measuring
 def clock(kind: str) -> Callable[[], float]:
     return time.thread_time if kind == "cpu" else time.perf_counter
@@ -328,6 +386,8 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
     if args.deepxde:
         variants.append(deepxde_variant(equation, base, points, args))
     variants += pinn_variants(equation, base, args)
+    default = next(v for v in variants if v.name == DEFAULT)
+    variants.append(gemm_floor_variant(default))
     live = [v for v in variants if v.step is not None]
     tick = clock(args.clock)
     sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(
@@ -352,6 +412,8 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
     exact = base.evaluator.exact
     nested = next((v for v in live if v.name == NESTED), None)
     for v in live:
+        if v.predict is None:
+            continue
         with torch.no_grad():
             pred = v.predict(base.evaluator.x)
         v.rel_l2 = (torch.linalg.vector_norm(pred - exact) / torch.linalg.vector_norm(exact)).item()

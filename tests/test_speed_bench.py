@@ -24,9 +24,13 @@ def test_quick_bench_prints_a_parsable_json_line():
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout.strip().splitlines()[-1])
     rows = {r["variant"]: r for r in data["results"]}
+    floor = rows.pop(next(k for k in rows if k.startswith("GEMM floor")))
     assert {"nested autograd", "pinn autograd", "pinn forward"} <= set(rows)
     for r in rows.values():
         assert r["median_ms"] > 0 and r["rel_l2"] > 0
+    # the floor runs a subset of pinn forward's work (its matrix products, recorded from one step)
+    assert floor["rel_l2"] is None and floor["min_ms"] < rows["pinn forward"]["min_ms"]
+    assert "matrix products" in floor["note"] and floor["x_nested"] > rows["pinn forward"]["x_nested"]
     # same initial weights and points, same loss: the same network after the same steps
     assert rows["pinn forward"]["rel_l2"] == pytest.approx(rows["nested autograd"]["rel_l2"], rel=1e-3)
     assert rows["pinn autograd"]["max_dw_nested"] < 1e-6 and rows["pinn forward"]["max_dw_nested"] < 1e-6
@@ -168,3 +172,16 @@ def test_lbfgs_bench_runs_both_optimizers_on_the_same_path():
     assert all(r["iters"] == data["iters"] and r["median_ms"] > r["own_ms"] > 0 for r in data["results"])
     assert data["first_round_max_dw"] < 1e-10  # the same iterates, up to rounding
     assert data["direction_rel_diff"] < 1e-10 and data["ring_wrapped"]
+
+
+def test_gemm_floor_replays_the_forward_and_backward_products_of_a_step():
+    bench = _bench_module()
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(5, 2)
+    source = bench.Variant("src", lambda: net(x).sum().backward(), net)
+    floor = bench.gemm_floor_variant(source)
+    # 2 forward addmm; backward: dW2, dh1, dW1 (no input gradient for x)
+    assert "the 5 matrix products" in floor.note and source.steps_done == 1
+    before = [p.detach().clone() for p in net.parameters()]
+    floor.step()  # the products on tensors of their own, then Adam on a copy: the source's network stays
+    assert floor.predict is None and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
