@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -146,10 +148,57 @@ def unknown_key(key: str, known: set[str]) -> str:
     """The line for a key nobody reads: its section's keys, and the nearest as a guess."""
     section, _, name = key.rpartition(".")
     peers = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section)
-    near = difflib.get_close_matches(name, peers, n=1)
-    hint = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
+    hint = did_you_mean(name, peers, f"{section}." if section else "")
     where = f"a key of {section}" if section else "a top-level key"
     return f"{key} is not {where}; {hint}known: {', '.join(peers)}"
+
+
+def did_you_mean(name: str, peers: Sequence[str], prefix: str = "") -> str:
+    """``"did you mean <prefix><nearest peer>? "``, or ``""`` when no peer is close to ``name``."""
+    near = difflib.get_close_matches(name, list(peers), n=1)
+    return f"did you mean {prefix}{near[0]}? " if near else ""
+
+
+def added_params(overrides: Sequence[str]) -> list[str]:
+    """The names that ``+equation.params.NAME=...`` (or ``+equation.params={NAME: ...}``) adds on the
+    command line. Hydra refuses ``+`` for a key the composed config already has, so none of these is
+    declared by the equation's files."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    names: list[str] = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.type != OverrideType.ADD or o.package:
+            continue
+        if o.key_or_group.startswith("equation.params."):
+            names.append(o.key_or_group.removeprefix("equation.params."))
+        elif o.key_or_group == "equation.params" and isinstance(o.value(), dict):
+            names.extend(map(str, o.value()))
+    return names
+
+
+def check_added_params(cfg: DictConfig, added: Sequence[str]) -> None:
+    """Refuse a param of a YAML equation that the command line adds (``+equation.params.alpah=0.1``)
+    while nothing uses it: no expression of the equation names it and no interpolation of the config
+    refers to it, so its value could change nothing and it is a typo. A param the equation's own file
+    declares is never refused (it is not in ``added``), nor is one added that an expression needs."""
+    if not added:
+        return
+    from .equations.custom import Custom
+    from .training import build_equation
+
+    eq = build_equation(cfg.equation)
+    if not isinstance(eq, Custom):
+        return
+    text = OmegaConf.to_yaml(cfg)
+    unused = {n for n in eq.unused_params() if not re.search(rf"\$\{{[^}}]*\bparams\.{re.escape(n)}\b", text)}
+    wrong = [n for n in added if n in unused]
+    if wrong:
+        known = [k for k in eq.values if k not in wrong]
+        raise PinnConfigError(
+            f"equation.params.{wrong[0]} is not a parameter of equation {eq.name} (no expression uses it); "
+            f"{did_you_mean(wrong[0], known, 'equation.params.')}its params: {', '.join(known) or 'none'}"
+        )
 
 
 def misspelt_key(key: str, root: Path) -> str | None:

@@ -464,8 +464,25 @@ def summarise(ens: Ensemble, per_member: list[dict], pred: Tensor, evs: list,
     return {**{k: v[0] for k, v in stats.items()}, "ensemble": info, "members": members}
 
 
-def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) -> None:
-    """solution.png for an ensemble: every member, the mean and the spread (and the error)."""
+def ensemble_title(name: str, key: str | None, per_member: list[dict], mean_prediction: dict | None) -> str:
+    """solution.png's title, naming whose error each figure is. Seeds: the ensemble-mean prediction's
+    (the mean is what the panels draw against the exact solution), then the members' own; a
+    coefficient study (``key``): the members' own (one per coefficient value, no mean prediction)."""
+    rel = [m["rel_l2"] for m in per_member]
+    members = (f"the member's rel L2 {rel[0]:.2e}" if len(rel) == 1 else
+               f"members' rel L2 {min(rel):.2e} to {max(rel):.2e} (their mean {np.mean(rel):.2e})")
+    if key is not None:
+        return f"{name}: {len(rel)} member(s) over equation.{key}\n{members}"
+    head = f"{name}: ensemble of {len(rel)} seed(s)"
+    if mean_prediction is not None:
+        head += f", rel L2 of the ensemble-mean prediction {mean_prediction['rel_l2']:.2e}"
+    return f"{head}\n{members}"
+
+
+def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path,
+                  mean_prediction: dict | None = None) -> None:
+    """solution.png for an ensemble: every member, the mean and the spread (and the error).
+    ``mean_prediction``: the mean prediction's errors on the evaluation set (``summarise``'s), for the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -479,8 +496,7 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
     ex = np.stack([d[3] for d in data])  # (N, M, out)
     labels = [f"{ens.key}={v:g}" if ens.key else f"seed {int(ens.cfg.seed) + i}"
               for i, v in enumerate(ens.values or [0.0] * ens.n)]
-    mean_rel = np.mean([m["rel_l2"] for m in per_member])
-    title = f"{eq.name}: ensemble of {ens.n}, mean rel L2 {mean_rel:.2e}"
+    title = ensemble_title(eq.name, ens.key, per_member, mean_prediction)
     n_out = p.shape[2]
     colors = plt.cm.viridis(np.linspace(0, 0.9, ens.n))
     if len(eq.inputs) == 1:
@@ -512,10 +528,10 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
     else:
         shape = tuple(len(a) for a in axes)
         sl = (slice(None), slice(None)) + tuple(len(a) // 2 for a in axes[2:])
-        extent = [axes[1][0], axes[1][-1], axes[0][0], axes[0][-1]]
+        flip, extent, xlabel, ylabel = plots.heat_map_axes(eq.inputs, axes, eq.time)
 
         def grid(v):
-            return v.reshape(shape)[sl]
+            return v.reshape(shape)[sl].T if flip else v.reshape(shape)[sl]
 
         if ens.key is None:
             panels = []
@@ -539,8 +555,8 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path) 
                 im = ax[r, c].imshow(img, origin="lower", aspect="auto", extent=extent, cmap=cmap,
                                      **(scale if c < 2 else {}))
                 ax[r, c].set_title(name, fontsize=9)
-                ax[r, c].set_xlabel(eq.inputs[1])
-                ax[r, c].set_ylabel(eq.inputs[0])
+                ax[r, c].set_xlabel(xlabel)
+                ax[r, c].set_ylabel(ylabel)
                 fig.colorbar(im, ax=ax[r, c])
     fig.suptitle(title)
     fig.tight_layout()
@@ -561,7 +577,7 @@ def evaluate_checkpoint(cfg: DictConfig, state: dict, run_dir: Path, resolution:
     extra = [{"final_loss": rows[-1][f"loss_m{i}"]} if rows and rows[-1].get(f"loss_m{i}") is not None else {}
              for i in range(ens.n)]  # each member's loss at the checkpoint, as training reported it
     out = summarise(ens, per_member, pred, evs, extra)
-    plot_ensemble(ens, evs, per_member, run_dir / "solution.png")
+    plot_ensemble(ens, evs, per_member, run_dir / "solution.png", out["ensemble"].get("mean_prediction"))
     if history:
         plots.plot_loss(history, [f"m{i}" for i in range(ens.n)], run_dir / "loss_curve.png")
     base = {"equation": ens.equation.name, "n_params": ens.n_params, "device": str(ens.device),
@@ -884,7 +900,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path | str) -> dict:
     if stopped_by:
         metrics["stopped_by"] = stopped_by
     checkpoint.write_json(metrics, run_dir / "metrics.json")
-    plot_ensemble(ens, evs, per_member, run_dir / "solution.png")
+    plot_ensemble(ens, evs, per_member, run_dir / "solution.png", out["ensemble"].get("mean_prediction"))
     for m in out["members"]:
         log.info("member %d%s: rel_l2 %.4e max_abs_error %.4e", m["member"],
                  f" {ens.key}={m[f'equation.{ens.key}']:g}" if ens.key else f" seed {m['seed']}",

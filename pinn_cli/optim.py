@@ -1,13 +1,17 @@
 """Optimizer schedules: Adam (with an lr scheduler), L-BFGS, and Adam followed by L-BFGS."""
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
+from . import distributed
 from .config import choice, positive_float, positive_int
 from .lbfgs import LBFGS
+
+log = logging.getLogger("pinn")
 
 OPTIMIZERS = ("adam", "lbfgs", "adam_lbfgs")
 SCHEDULERS = ("none", "exponential", "cosine")
@@ -26,6 +30,15 @@ def fused_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
+def warn_no_lbfgs(adam_steps: int, total_steps: int) -> None:
+    """``optimizer=adam_lbfgs`` runs L-BFGS only after ``optimizer.adam_steps``: when those take every
+    step, say at start-up that the run is Adam alone (not an error: a short trial run is one)."""
+    if 0 < total_steps <= adam_steps and distributed.is_main():
+        log.warning("optimizer.adam_steps=%d is not below trainer.steps=%d, so all %d steps are Adam steps and "
+                    "the L-BFGS phase of optimizer=adam_lbfgs will not run; raise trainer.steps or lower "
+                    "optimizer.adam_steps to reach it", adam_steps, total_steps, total_steps)
+
+
 class OptimizerSchedule:
     """Owns the optimizers of a run and knows which phase (adam or lbfgs) a step belongs to."""
 
@@ -37,7 +50,9 @@ class OptimizerSchedule:
         elif self.name == "lbfgs":
             self.adam_steps = 0
         else:
-            self.adam_steps = min(positive_int(cfg.adam_steps, "optimizer.adam_steps", allow_zero=True), total_steps)
+            adam_steps = positive_int(cfg.adam_steps, "optimizer.adam_steps", allow_zero=True)
+            self.adam_steps = min(adam_steps, total_steps)
+            warn_no_lbfgs(adam_steps, total_steps)
         self.params = params
         self.adam = fused_adam(params, self.lr)
         sched = choice(cfg.get("scheduler", "none"), "optimizer.scheduler", SCHEDULERS)

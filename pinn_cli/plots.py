@@ -37,9 +37,22 @@ def plot_loss(history: list[dict], terms: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def heat_map_axes(inputs: tuple[str, ...], axes: list[np.ndarray],
+                  time: str | None) -> tuple[bool, list[float], str, str]:
+    """How to draw a grid indexed ``[inputs[0], inputs[1]]`` (meshgrid ``ij``) with ``imshow``:
+    (transpose it first, extent, horizontal label, vertical label). Time, when it is one of the two,
+    runs along the horizontal axis (a space-time diagram); otherwise ``inputs[0]`` does and
+    ``inputs[1]`` runs up, as a plane is drawn (imshow puts an array's rows on the vertical axis, so
+    the untransposed grid would show x up and y across)."""
+    h, v = (1, 0) if inputs[1] == time else (0, 1)
+    return h == 0, [axes[h][0], axes[h][-1], axes[v][0], axes[v][-1]], inputs[h], inputs[v]
+
+
 def plot_solution(x: np.ndarray, axes: list[np.ndarray], pred: np.ndarray, exact: np.ndarray,
-                  inputs: tuple[str, ...], outputs: tuple[str, ...], title: str, path: Path) -> None:
-    """1D input: curves of prediction, exact and error; 2D or more: heat maps (a mid slice past 2D)."""
+                  inputs: tuple[str, ...], outputs: tuple[str, ...], title: str, path: Path,
+                  time: str | None = None) -> None:
+    """1D input: curves of prediction, exact and error; 2D or more: heat maps (a mid slice past 2D),
+    laid out by :func:`heat_map_axes` (``time``: the equation's time input, if any)."""
     n_out = pred.shape[1]
     if len(inputs) == 1:
         fig, ax = plt.subplots(2, n_out, figsize=(6 * n_out, 6), squeeze=False)
@@ -57,18 +70,20 @@ def plot_solution(x: np.ndarray, axes: list[np.ndarray], pred: np.ndarray, exact
         where = ", ".join(f"{n} = {a[len(a) // 2]:.3g}" for n, a in zip(inputs[2:], axes[2:]))
         title = f"{title}\n(max |err| over the domain; panels: the slice {where})" if where else title
         fig, ax = plt.subplots(n_out, 3, figsize=(14, 4 * n_out), squeeze=False)
-        extent = [axes[1][0], axes[1][-1], axes[0][0], axes[0][-1]]
+        flip, extent, xlabel, ylabel = heat_map_axes(inputs, axes, time)
         for k in range(n_out):
             p = pred[:, k].reshape(shape)[sl]
             e = exact[:, k].reshape(shape)[sl]
+            if flip:
+                p, e = p.T, e.T
             ref = np.concatenate([e[np.isfinite(e)], p[np.isfinite(p)]])  # NaN: outside the domain
             vmin, vmax = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 1.0)  # overshoot shows
             for j, (img, name) in enumerate(((p, "PINN"), (e, "exact"), (np.abs(p - e), "|error|"))):
                 kw = {} if j == 2 else {"vmin": vmin, "vmax": vmax}
                 im = ax[k, j].imshow(img, origin="lower", aspect="auto", extent=extent, cmap="viridis" if j < 2 else "magma", **kw)
                 ax[k, j].set_title(f"{outputs[k]}: {name}")
-                ax[k, j].set_xlabel(inputs[1])
-                ax[k, j].set_ylabel(inputs[0])
+                ax[k, j].set_xlabel(xlabel)
+                ax[k, j].set_ylabel(ylabel)
                 fig.colorbar(im, ax=ax[k, j])
     fig.suptitle(title)
     fig.tight_layout()

@@ -456,7 +456,7 @@ def run_training(cfg: DictConfig, run_dir: Path | str) -> dict:
         *evaluator.plot_data(net),   # the plotting grid, NaN outside a disk/polygon
         equation.inputs, equation.outputs,
         f"{equation.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e}",
-        run_dir / "solution.png",
+        run_dir / "solution.png", time=equation.time,
     )
     distributed.share(metrics)
     stop.chain(signal.Signals[stopped_by] if stopped_by else None)

@@ -286,3 +286,60 @@ def test_a_yaml_equation_without_defaults_custom_is_told_what_to_add():
 
     with pytest.raises(PinnConfigError, match=r"has no _target_; an equation written in YAML starts with `defaults: \[custom\]`"):
         build_equation(OmegaConf.create({"name": "mine", "inputs": ["x"], "residual": "u_x"}))
+
+
+def test_unused_params_are_those_no_expression_names():
+    """A param counts as used where a residual, a condition's where/expr/value or exact names it."""
+    where = [{"where": "initial", "value": "sin(pi*x)"}, {"where": "x == L", "value": "c"}]
+    eq = base(params={"alpha": 0.1, "L": 1.0, "c": 0.0, "beta": 2.0}, conditions=where, exact=None)
+    assert eq.unused_params() == ("beta",)
+    assert base().unused_params() == ()
+
+
+def test_a_param_added_on_the_command_line_that_nothing_uses_is_refused():
+    """``+equation.params.alpah=0.1`` was accepted and ignored; it is refused with the equation's
+    params and the nearest as a guess."""
+    from pinn_cli.config import added_params, check_added_params
+
+    overrides = ["equation=custom", "+equation.params.alpah=0.1"]
+    assert added_params(overrides) == ["alpah"]
+    with pytest.raises(PinnConfigError) as err:
+        check_added_params(make_cfg(*overrides), added_params(overrides))
+    assert str(err.value) == ("equation.params.alpah is not a parameter of equation custom (no expression uses "
+                              "it); did you mean equation.params.alpha? its params: alpha")
+
+
+def test_params_a_file_declares_or_an_expression_needs_are_never_refused(tmp_path):
+    """Only a param that the command line adds (``+``: the files lack it) and nothing uses is refused:
+    the file's own unused param, a param its residual needs from the command line, and one an
+    interpolation of the config refers to all run."""
+    from pinn_cli.config import added_params, check_added_params
+
+    root = user_dir(tmp_path, {"mine": """\
+        defaults: [custom]
+        inputs: [x, t]
+        bounds: {x: [0, "${equation.params.length}"], t: [0, 1]}
+        params: {alpha: 0.1, spare: 3.0}
+        residual: "u_t - alpha*beta*u_xx"
+        conditions: [{where: "t == 0", value: "sin(pi*x)"}]
+        """})
+    for overrides in (["+equation.params.beta=1", "+equation.params.length=1"],
+                      ["+equation.params={beta: 1, length: 2}"]):
+        overrides = ["equation=mine", searchpath(root), *overrides]
+        check_added_params(make_cfg(*overrides), added_params(overrides))
+    overrides = ["equation=mine", searchpath(root), "+equation.params.beta=1", "+equation.params.length=1",
+                 "+equation.params.gamma=1"]
+    with pytest.raises(PinnConfigError, match=r"params.gamma is not a .* its params: alpha, spare, beta, length$"):
+        check_added_params(make_cfg(*overrides), added_params(overrides))
+
+
+def test_cli_refuses_a_misspelt_param_in_one_line_before_training(tmp_path):
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "pinn_cli", "train", "equation=custom", "+equation.params.alpah=0.1",
+                          f"hydra.run.dir={run}", "trainer.progress=false", "device=cpu"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "pinn train: error: equation.params.alpah is not a parameter of equation custom (no expression uses it); "
+        "did you mean equation.params.alpha? its params: alpha"]
+    assert not (run / "checkpoints").exists()

@@ -311,3 +311,29 @@ def test_an_ensemble_resume_says_what_a_single_run_resume_says(tmp_path, caplog)
     assert any("resumed from" in r.message for r in caplog.records)
     (warning,) = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert "changed since the checkpoint: optimizer.lr 0.001 -> 0.01;" in warning
+
+
+def test_solution_plot_title_names_whose_error_it_quotes(tmp_path, monkeypatch):
+    """The title quoted the members' mean rel L2 as "mean rel L2" over panels of the ensemble-mean
+    prediction; it now gives the mean prediction's rel L2 and, apart, the members' own. The 2D panels
+    have x across (poisson2d: the plane, not transposed)."""
+    import matplotlib.pyplot as plt
+
+    from pinn_cli.ensemble import ensemble_title, evaluators, member_metrics, plot_ensemble, summarise
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    ens = Ensemble(make_cfg("equation=poisson2d", "trainer.ensemble=2", *SMALL))
+    evs = evaluators(ens)
+    per_member, pred = member_metrics(ens, evs)
+    out = summarise(ens, per_member, pred, evs)
+    plot_ensemble(ens, evs, per_member, tmp_path / "solution.png", out["ensemble"]["mean_prediction"])
+    exact = evs[0].exact
+    mean_rel = (torch.linalg.vector_norm(pred.mean(0) - exact) / torch.linalg.vector_norm(exact)).item()
+    rel = sorted(m["rel_l2"] for m in per_member)
+    assert kept[-1]._suptitle.get_text() == (
+        f"poisson2d: ensemble of 2 seed(s), rel L2 of the ensemble-mean prediction {mean_rel:.2e}\n"
+        f"members' rel L2 {rel[0]:.2e} to {rel[1]:.2e} (their mean {np.mean(rel):.2e})")
+    assert [(a.get_xlabel(), a.get_ylabel()) for a in kept[-1].axes[:4]] == [("x", "y")] * 4
+    study = ensemble_title("heat", "alpha", [{"rel_l2": 0.5}, {"rel_l2": 0.01}], None)
+    assert study == "heat: 2 member(s) over equation.alpha\nmembers' rel L2 1.00e-02 to 5.00e-01 (their mean 2.55e-01)"

@@ -128,7 +128,7 @@ def test_an_older_best_checkpoint_is_described_as_itself(trained, tmp_path):
     titles = []
     real = plots.plot_solution
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plots, "plot_solution", lambda *a: titles.append(a[6]) or real(*a))
+        mp.setattr(plots, "plot_solution", lambda *a, **kw: titles.append(a[6]) or real(*a, **kw))
         evaluate.main([str(run)])
     assert titles and titles[0].endswith("(pinn evaluate: the model of step 20)")  # the figure says which model
     out = json.loads((run / "metrics.json").read_text())

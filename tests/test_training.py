@@ -235,3 +235,41 @@ def test_a_preempted_run_records_its_final_evaluation_as_the_best(tmp_path, monk
     assert part["status"] == "preempted" and part["rel_l2"] < float(rows[0]["rel_l2"])  # better than step 10
     for name in ("best.pt", "last.pt"):
         assert checkpoint.load(tmp_path / "checkpoints" / name)["best_rel_l2"] == part["rel_l2"], name
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    (["trainer.steps=6", "optimizer.adam_steps=10"], True),
+    (["trainer.steps=6", "optimizer.adam_steps=6"], True),
+    (["trainer.steps=6", "optimizer.adam_steps=4"], False),
+    (["trainer.steps=6", "optimizer=adam"], False),
+])
+def test_adam_steps_that_leave_no_lbfgs_step_are_said_at_start_up(tmp_path, caplog, overrides, warned):
+    """optimizer=adam_lbfgs with optimizer.adam_steps >= trainer.steps silently never reached L-BFGS: one
+    warning now says so before training, and the run still runs (Adam alone)."""
+    import logging
+
+    from pinn_cli.optim import OptimizerSchedule
+
+    phases = []
+    real = OptimizerSchedule.lbfgs_steps
+
+    def lbfgs_steps(self, *a, **kw):
+        phases.append("lbfgs")
+        return real(self, *a, **kw)
+
+    cfg = make_cfg("equation=ode_decay", "sampler.n_interior=16", "trainer.eval_points=50", *SHORT[:2], *overrides)
+    with caplog.at_level(logging.INFO, logger="pinn"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OptimizerSchedule, "lbfgs_steps", lbfgs_steps)
+        metrics = run_training(cfg, tmp_path)
+    assert metrics["status"] == "done" and metrics["steps"] == 6
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    started = next(i for i, r in enumerate(caplog.records) if r.message.startswith("equation=ode_decay"))
+    if warned:
+        assert not phases
+        adam = cfg.optimizer.adam_steps
+        assert warnings == [f"optimizer.adam_steps={adam} is not below trainer.steps=6, so all 6 steps are Adam steps "
+                            "and the L-BFGS phase of optimizer=adam_lbfgs will not run; raise trainer.steps or "
+                            "lower optimizer.adam_steps to reach it"]
+        assert caplog.records.index(next(r for r in caplog.records if r.levelno == logging.WARNING)) < started
+    else:
+        assert warnings == [] and bool(phases) == ("optimizer=adam" not in overrides)

@@ -212,7 +212,7 @@ def evaluate_single(cfg, state: dict, run_dir: Path, resolution: int | None) -> 
         *ev.plot_data(setup.net), eq.inputs, eq.outputs,   # the plotting grid, NaN outside a disk/polygon
         f"{eq.name}: rel L2 {metrics['rel_l2']:.2e}, max |err| {metrics['max_abs_error']:.2e} "
         f"(pinn evaluate: the model of step {state.get('step')})",
-        run_dir / "solution.png",
+        run_dir / "solution.png", time=eq.time,
     )
     history = read_history(run_dir, state)
     if history:

@@ -33,7 +33,7 @@ def _skip_file_only(record: logging.LogRecord) -> bool:
 def train_task(cfg: DictConfig) -> float:
     """Run one job in Hydra's output directory; returns rel L2 (what sweepers minimise)."""
     from .. import distributed
-    from ..config import check_keys
+    from ..config import added_params, check_added_params, check_keys
     from ..summary import print_summary
     from ..training import inside_submitit, run_training
 
@@ -49,6 +49,7 @@ def train_task(cfg: DictConfig) -> float:
     quiet = FILE_ONLY if hc.mode != RunMode.MULTIRUN else {}
     try:
         check_keys(cfg, config_dir())
+        check_added_params(cfg, added_params(hc.overrides.task))
         members = cfg.trainer.get("ensemble", 1)
         if members != 1 or isinstance(members, bool) or cfg.trainer.get("ensemble_param"):
             from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)

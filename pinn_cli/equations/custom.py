@@ -123,6 +123,7 @@ class Custom(Equation):
         self._t0 = None
         if time is not None and _is_seq(bounds.get(time)) and len(bounds[time]) == 2:
             self._t0 = float(bounds[time][0])
+        self._used: set[str] = set()
 
         self._residuals = self._system(residual)
         self._conditions = self._parse_conditions(conditions)
@@ -138,7 +139,17 @@ class Custom(Equation):
     def coefficients(self) -> tuple:
         return tuple(self.values.values())
 
+    def unused_params(self) -> tuple[str, ...]:
+        """The params that no expression (residual, condition, exact) names: their values change nothing."""
+        return tuple(k for k in self.values if k not in self._used)
+
     # ------------------------------------------------------------------ parsing
+    def _parse(self, text, key: str, names, boolean: bool = False) -> sympy.Basic:
+        """``parse``, noting the names the expression uses (for :meth:`unused_params`)."""
+        tree = parse(text, key, names, boolean=boolean)
+        self._used |= {s.name for s in tree.free_symbols}
+        return tree
+
     def _field_symbols(self, expr: sympy.Basic, text, key: str, normals: bool) -> None:
         """Every free symbol of a residual-like expression must be an input, output, derivative or param."""
         for sym in expr.free_symbols:
@@ -160,12 +171,12 @@ class Custom(Equation):
 
     def _field_expr(self, text, key: str, normals: bool = False):
         """Parse an expression of the fields; the allowed names are checked after parsing (derivatives are open-ended)."""
-        tree = parse(text, key, _FieldNames(self), boolean=False)
+        tree = self._parse(text, key, _FieldNames(self))
         self._field_symbols(tree, text, key, normals)
         return compile_expr(tree, TORCH, f"{key}: {str(text)!r}")
 
     def _coord_expr(self, text, key: str, boolean: bool = False, backend=TORCH):
-        tree = parse(text, key, [*self.inputs, *self.values], boolean=boolean)
+        tree = self._parse(text, key, [*self.inputs, *self.values], boolean=boolean)
         return tree, compile_expr(tree, backend, f"{key}: {str(text)!r}")
 
     def _system(self, residual):
@@ -173,7 +184,7 @@ class Custom(Equation):
         if not items:
             raise PinnConfigError("equation.residual is empty; give one expression per equation")
         keys = ["equation.residual" if len(items) == 1 else f"equation.residual[{i}]" for i in range(len(items))]
-        trees = [parse(r, k, _FieldNames(self), boolean=False) for r, k in zip(items, keys)]
+        trees = [self._parse(r, k, _FieldNames(self)) for r, k in zip(items, keys)]
         used = set()
         for tree, r, k in zip(trees, items, keys):
             self._field_symbols(tree, r, k, normals=False)
@@ -245,7 +256,7 @@ class Custom(Equation):
             if on == "initial" and self.time is None:
                 raise PinnConfigError(f"{key}.where=initial needs a time input (equation.time)")
             return on, None, None
-        tree = parse(where, f"{key}.where", [*self.inputs, *self.values, "boundary", "initial"], boolean=True)
+        tree = self._parse(where, f"{key}.where", [*self.inputs, *self.values, "boundary", "initial"], boolean=True)
         conjuncts = list(tree.args) if isinstance(tree, sympy.And) else [tree]
         on = "boundary"
         rest = []
