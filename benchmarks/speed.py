@@ -53,6 +53,7 @@ NESTED = "nested autograd"
 DEEPXDE = "DeepXDE"
 DEFAULT = "pinn forward"  # what `pinn train` uses: derivatives=auto resolves to forward on an MLP
 FLOOR = "GEMM floor (pinn forward's matmuls + Adam, nothing else)"
+FLOOR_HOT = "GEMM floor, hot (the same on shared tensors)"
 GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default,
          torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)
 CONTROL = "pinn autograd"  # the same algorithm as nested autograd: its ratio says how noisy the run was
@@ -315,32 +316,42 @@ def _materialise(spec, gen: torch.Generator):
     return base.as_strided(shape, stride)
 
 
-def gemm_floor_variant(source: Variant) -> Variant:
+def gemm_floor_variants(source: Variant) -> list[Variant]:
     """The matrix products of one of ``source``'s steps (recorded, with their shapes, strides and
-    order), on fresh tensors of their own, then an Adam update of the same parameters. No
-    elementwise work: no engine that runs these products can have a better ratio than this row."""
-    net = copy.deepcopy(source.predict)
-    params = list(net.parameters())
+    order), then an Adam update of the same parameters; no elementwise work, so no engine that runs
+    these products on data of these sizes has a better ratio. Two rows: every product on tensors of
+    its own (as in the step, where inputs come cold from memory), and all products of one shape on
+    one shared tensor (inputs hot in cache: what a cache-blocked fused kernel could at best reach)."""
     rec = _GemmRecorder()
     with rec:
         source.step()
     source.steps_done += 1
-    gen = torch.Generator().manual_seed(0)
-    calls = [(f, [_materialise(a, gen) for a in args], {k: _materialise(v, gen) for k, v in kw.items()})
-             for f, args, kw in rec.calls]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    opt = torch.optim.Adam(params, lr=1e-3)
     flops = sum(2 * math.prod(a[1][-2:]) * b[1][-1] * (a[1][0] if len(a[1]) == 3 else 1)
                 for f, args, _ in rec.calls for a, b in [args[-2:]])
+    out = []
+    for name, shared in ((FLOOR, False), (FLOOR_HOT, True)):
+        gen, pool = torch.Generator().manual_seed(0), {}
 
-    def step() -> None:
-        for f, args, kw in calls:
-            f(*args, **kw)
-        opt.step()
+        def tensor(spec, pool=pool, gen=gen, shared=shared):
+            if not shared or not (isinstance(spec, tuple) and spec and spec[0] == "T"):
+                return _materialise(spec, gen)
+            return pool.setdefault(spec[1:], _materialise(spec, gen))
 
-    return Variant(FLOOR, step, None, f"not a training step: the {len(calls)} matrix products "
-                   f"({flops / 1e9:.2f} GFLOP) of one pinn forward step and its Adam update")
+        calls = [(f, [tensor(a) for a in args], {k: tensor(v) for k, v in kw.items()}) for f, args, kw in rec.calls]
+        params = [p.detach().clone().requires_grad_(True) for p in source.predict.parameters()]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = torch.optim.Adam(params, lr=1e-3)
+
+        def step(calls=calls, opt=opt) -> None:
+            for f, args, kw in calls:
+                f(*args, **kw)
+            opt.step()
+
+        where = f"on {len(pool)} shared tensors (hot in cache)" if shared else "each on tensors of its own"
+        out.append(Variant(name, step, None, f"not a training step: the {len(calls)} matrix products "
+                           f"({flops / 1e9:.2f} GFLOP) of one pinn forward step, {where}, and its Adam update"))
+    return out
 
 
 # ---------------------------------------------------------------- measuring
@@ -387,7 +398,7 @@ def run_equation(equation: str, args: argparse.Namespace, device: torch.device) 
         variants.append(deepxde_variant(equation, base, points, args))
     variants += pinn_variants(equation, base, args)
     default = next(v for v in variants if v.name == DEFAULT)
-    variants.append(gemm_floor_variant(default))
+    variants += gemm_floor_variants(default)
     live = [v for v in variants if v.step is not None]
     tick = clock(args.clock)
     sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import types
@@ -24,7 +25,9 @@ def test_quick_bench_prints_a_parsable_json_line():
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout.strip().splitlines()[-1])
     rows = {r["variant"]: r for r in data["results"]}
-    floor = rows.pop(next(k for k in rows if k.startswith("GEMM floor")))
+    floor = rows.pop(next(k for k in rows if k.startswith("GEMM floor (")))
+    hot = rows.pop(next(k for k in rows if k.startswith("GEMM floor, hot")))
+    assert hot["rel_l2"] is None and "shared tensors" in hot["note"]
     assert {"nested autograd", "pinn autograd", "pinn forward"} <= set(rows)
     for r in rows.values():
         assert r["median_ms"] > 0 and r["rel_l2"] > 0
@@ -179,9 +182,15 @@ def test_gemm_floor_replays_the_forward_and_backward_products_of_a_step():
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
     x = torch.randn(5, 2)
     source = bench.Variant("src", lambda: net(x).sum().backward(), net)
-    floor = bench.gemm_floor_variant(source)
-    # 2 forward addmm; backward: dW2, dh1, dW1 (no input gradient for x)
-    assert "the 5 matrix products" in floor.note and source.steps_done == 1
+    floors = bench.gemm_floor_variants(source)
+    assert source.steps_done == 1 and len(floors) == 2
     before = [p.detach().clone() for p in net.parameters()]
-    floor.step()  # the products on tensors of their own, then Adam on a copy: the source's network stays
-    assert floor.predict is None and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    for floor in floors:
+        # 2 forward addmm; backward: dW2, dh1, dW1 (no input gradient for x)
+        assert "the 5 matrix products (0.00 GFLOP)" in floor.note
+        floor.step()  # the products on tensors of their own, then Adam on copies: the source's network stays
+        assert floor.predict is None and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    # the shared row keeps one tensor per distinct (shape, stride, dtype, device): fewer than the 12
+    # tensor arguments of the 5 products (x alone is read twice: forward, and dW1 in the backward)
+    shared = int(re.search(r"on (\d+) shared tensors", floors[1].note).group(1))
+    assert 1 < shared < 12 and "of its own" in floors[0].note
