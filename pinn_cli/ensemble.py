@@ -529,6 +529,7 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path,
         shape = tuple(len(a) for a in axes)
         sl = (slice(None), slice(None)) + tuple(len(a) // 2 for a in axes[2:])
         flip, extent, xlabel, ylabel = plots.heat_map_axes(eq.inputs, axes, eq.time)
+        plane = plots.is_plane(eq.inputs, eq.time)
 
         def grid(v):
             return v.reshape(shape)[sl].T if flip else v.reshape(shape)[sl]
@@ -546,18 +547,13 @@ def plot_ensemble(ens: Ensemble, evs: list, per_member: list[dict], path: Path,
                        (grid(ex[i, :, k]), "exact", "viridis"),
                        (grid(np.abs(p[i, :, k] - ex[i, :, k])), f"|error|, rel L2 {per_member[i]['rel_l2']:.1e}", "magma")]
                       for i in range(ens.n) for k in range(n_out)]
-        rows, cols = len(panels), len(panels[0])
-        fig, ax = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        fig, ax = plots.heat_map_grid(len(panels), len(panels[0]), extent, plane, cell=(4.2, 3.4))
         for r, row in enumerate(panels):
             ref = row[1][0][np.isfinite(row[1][0])]  # prediction and exact share the exact's colour scale
             scale = {"vmin": float(ref.min()), "vmax": float(ref.max())} if ref.size else {}
             for c, (img, name, cmap) in enumerate(row):
-                im = ax[r, c].imshow(img, origin="lower", aspect="auto", extent=extent, cmap=cmap,
-                                     **(scale if c < 2 else {}))
-                ax[r, c].set_title(name, fontsize=9)
-                ax[r, c].set_xlabel(xlabel)
-                ax[r, c].set_ylabel(ylabel)
-                fig.colorbar(im, ax=ax[r, c])
+                plots.heat_map(fig, ax[r, c], img, extent, plane, cmap, name, (xlabel, ylabel), title_size=9,
+                               **(scale if c < 2 else {}))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -337,3 +337,27 @@ def test_solution_plot_title_names_whose_error_it_quotes(tmp_path, monkeypatch):
     assert [(a.get_xlabel(), a.get_ylabel()) for a in kept[-1].axes[:4]] == [("x", "y")] * 4
     study = ensemble_title("heat", "alpha", [{"rel_l2": 0.5}, {"rel_l2": 0.01}], None)
     assert study == "heat: 2 member(s) over equation.alpha\nmembers' rel L2 1.00e-02 to 5.00e-01 (their mean 2.55e-01)"
+
+
+@pytest.mark.parametrize("equation, domain, aspect", [("poisson2d", "disk", 1.0), ("heat", "interval_time", "auto")])
+def test_ensemble_heat_maps_draw_a_plane_to_scale(tmp_path, monkeypatch, equation, domain, aspect):
+    """The ensemble's solution.png stretched a disk into an ellipse (aspect "auto"); a plane is now
+    drawn with one unit of x as long as one of y, while an x-t diagram still fills its panel."""
+    import matplotlib.pyplot as plt
+
+    from pinn_cli.ensemble import evaluators, member_metrics, plot_ensemble
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    ens = Ensemble(make_cfg(f"equation={equation}", f"domain={domain}", "trainer.ensemble=2", *SMALL))
+    evs = evaluators(ens)
+    per_member, _ = member_metrics(ens, evs)
+    plot_ensemble(ens, evs, per_member, tmp_path / "solution.png")
+    fig = kept[-1]
+    panels = [a for a in fig.axes if a.images]
+    assert len(panels) == 4 and all(a.get_aspect() == aspect for a in panels)
+    if aspect == 1.0:
+        fig_w, fig_h = fig.get_size_inches()
+        for a in panels:
+            box = a.get_position()
+            assert box.height * fig_h == pytest.approx(box.width * fig_w, rel=0.02)  # a round disk

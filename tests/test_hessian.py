@@ -266,6 +266,43 @@ def test_a_term_of_weight_zero_has_a_zero_spectrum(tmp_path, capsys):
     assert ic["top_eigenvalues"] == [0.0] and ic["lambda_max"] == 0.0
 
 
+def test_a_top_k_above_the_parameter_count_is_clamped_to_it(tmp_path, capsys):
+    """hessian.top_k above the parameter count n was refused unless hessian.iters >= top_k, though n
+    Lanczos steps give the whole spectrum: top_k=500 failed with the default 100 steps. It is now
+    clamped to n with one line on stderr, needs iters >= n only, and hessian.json records both."""
+    from pinn_cli.commands import hessian as cmd
+
+    run_training(make_cfg("equation=heat", "trainer.steps=5", "trainer.eval_points=100", *TINY), tmp_path)
+    n = 5 * 2 + 5 + 5 * 5 + 5 + 5 + 1
+    args = [str(tmp_path), "hessian.top_k=500", "hessian.trace_samples=0", "hessian.slq_vectors=0", "hessian.terms=[ic]"]
+    cmd.main(args)
+    assert capsys.readouterr().err.splitlines() == [
+        f"pinn hessian: hessian.top_k=500 exceeds the network's {n} parameters; using hessian.top_k={n}, "
+        "the whole spectrum (a repeated eigenvalue is listed once)"]
+    out = json.loads((tmp_path / "hessian.json").read_text())
+    assert out["options"]["top_k"] == n and out["options"]["top_k_requested"] == 500
+    total, ic = out["results"]["total"], out["results"]["ic"]
+    assert total["exact"] and len(total["top_eigenvalues"]) == total["lanczos_iterations"] == n
+    assert total["top_eigenvalues"] == sorted(total["top_eigenvalues"], reverse=True)
+    # at t = 0 the 5 weights on t have no gradient: eigenvalue 0 five times over, listed once
+    assert ic["exact"] and len(ic["top_eigenvalues"]) <= n - 4
+    assert min(abs(v) for v in ic["top_eigenvalues"]) < 1e-10 * ic["lambda_max"]
+    with pytest.raises(PinnConfigError, match=rf"hessian.top_k=500 \(clamped to the network's {n} parameters\) "
+                                              rf"needs hessian.iters >= {n} \(.*; it is 30\)"):
+        cmd.main([*args, "hessian.iters=30"])
+
+
+def test_clamp_top_k():
+    """At most n_params eigenvalues are asked of Lanczos, and iters must reach that many."""
+    from pinn_cli.commands.hessian import clamp_top_k
+
+    assert clamp_top_k(5, 100, 17) == (5, None)
+    k, note = clamp_top_k(30, 17, 17)
+    assert k == 17 and "hessian.top_k=30 exceeds the network's 17 parameters" in note
+    with pytest.raises(PinnConfigError, match="hessian.top_k=12 needs hessian.iters >= 12"):
+        clamp_top_k(12, 11, 17)
+
+
 def test_causal_runs_are_analysed_with_their_causal_loss(tmp_path):
     """pinn hessian sees the loss training minimised: the causally weighted PDE term (weights held at the
     checkpoint's values), the same as the run's own hessian_top, and its chunked products agree."""

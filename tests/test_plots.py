@@ -68,3 +68,65 @@ def test_loss_curve_labels(figures, tmp_path):
     red = colors.pop("rel L2 (eval)")
     assert red == to_rgb("tab:red") and red not in colors.values()  # a 4th term is not drawn in rel L2's red
     assert ax.get_ylabel()
+
+
+def box_inches(fig, ax) -> tuple[float, float]:
+    """Width and height, in inches, of an axes' box as last drawn (its aspect and locator applied)."""
+    box = ax.get_position()
+    fig_w, fig_h = fig.get_size_inches()
+    return box.width * fig_w, box.height * fig_h
+
+
+def heat_map_figure(figures, tmp_path, inputs, bounds, time=None):
+    """The figure of solution.png of two outputs on a grid over ``bounds``, NaN outside the inscribed ellipse."""
+    axes = [np.linspace(lo, hi, 41) for lo, hi in bounds]
+    x = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
+    exact = np.stack([np.sin(x[:, 0]) * x[:, 1], x[:, 0] + x[:, 1]], 1)
+    mid = [(lo + hi) / 2 for lo, hi in bounds]
+    half = [(hi - lo) / 2 for lo, hi in bounds]
+    exact[((x[:, 0] - mid[0]) / half[0]) ** 2 + ((x[:, 1] - mid[1]) / half[1]) ** 2 > 1] = np.nan
+    plots.plot_solution(x, axes, exact + 0.1, exact, inputs, ("u", "v"), "t", tmp_path / "s.png", time=time)
+    return figures[-1]
+
+
+def images(fig):
+    """The heat-map panels of a figure (not their colorbars)."""
+    return [a for a in fig.axes if a.images and a.get_label() != "<colorbar>"]
+
+
+@pytest.mark.parametrize("inputs, bounds, time", [
+    (("x", "y"), [(-1, 1), (-1, 1)], None),          # poisson2d on a disk
+    (("x", "y"), [(0, 10), (0, 1)], None),           # a long thin plane
+    (("x", "y"), [(0, 1), (0, 4)], None),            # a tall one
+    (("x", "y", "t"), [(0, 2), (0, 1), (0, 1)], "t"),  # heat2d: the x-y slice is a plane
+])
+def test_a_spatial_plane_is_drawn_to_scale_and_fills_its_figure(figures, tmp_path, inputs, bounds, time):
+    """Heat maps of a plane were stretched to their panels (aspect "auto"): a disk showed as an
+    ellipse, a [0,10]x[0,1] strip as a square. One unit of x is now as long as one of y, every
+    colorbar is as tall as its image, and a long thin plane is not left a sliver in a blank figure."""
+    fig = heat_map_figure(figures, tmp_path, inputs, bounds, time)
+    panels = images(fig)
+    assert len(panels) == 6
+    ratio = (bounds[1][1] - bounds[1][0]) / (bounds[0][1] - bounds[0][0])
+    fig_w, fig_h = fig.get_size_inches()
+    drawn = sum(np.prod(box_inches(fig, ax)) for ax in panels)
+    assert drawn > 0.25 * fig_w * fig_h  # the images, not margins, fill the figure
+    for ax in panels:
+        assert ax.get_aspect() == 1.0
+        assert ax.get_xlim() == pytest.approx(bounds[0]) and ax.get_ylim() == pytest.approx(bounds[1])
+        w, h = box_inches(fig, ax)
+        assert h / w == pytest.approx(ratio, rel=0.02)
+        bar = ax.images[0].colorbar.ax
+        assert box_inches(fig, bar)[1] == pytest.approx(h, rel=0.02)
+        x0, y0, x1, y1 = bar.get_position().extents
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1  # tight_layout kept it in the figure
+
+
+def test_a_space_time_diagram_still_fills_its_panel(figures, tmp_path):
+    """x-t maps keep aspect "auto": x and t have no common unit, so the map fills its panel."""
+    fig = heat_map_figure(figures, tmp_path, ("x", "t"), [(0, 10), (0, 1)], time="t")
+    for ax in images(fig):
+        assert ax.get_aspect() == "auto"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("t", "x")
+        w, h = box_inches(fig, ax)
+        assert 0.5 < h / w < 2

@@ -20,7 +20,7 @@ USAGE = ("usage: pinn hessian <run_dir> [--checkpoint PATH] [hessian.top_k=5 hes
          "hessian.points=2048 hessian.terms=[pde,bc] ...] [device=cpu precision=float64 derivatives=auto]")
 
 OPTIONS = {  # key: (default, what it means), printed by --help
-    "hessian.top_k": (5, "largest eigenvalues reported"),
+    "hessian.top_k": (5, "largest eigenvalues reported (above the parameter count: all of them)"),
     "hessian.iters": (100, "Lanczos steps at most (top-k stops earlier once converged; SLQ runs all)"),
     "hessian.tol": (1e-6, "top-k converged when |beta s_m| <= tol * |lambda_max|"),
     "hessian.points": (2048, "at most this many training points per loss term (0 = all of them)"),
@@ -45,9 +45,6 @@ def _options(opts: dict) -> dict:
         out[key] = positive_int(opts[f"hessian.{key}"], f"hessian.{key}")
     for key in ("points", "chunk", "trace_samples", "slq_vectors", "member"):
         out[key] = positive_int(opts[f"hessian.{key}"], f"hessian.{key}", allow_zero=True)
-    if out["top_k"] > out["iters"]:
-        raise PinnConfigError(f"hessian.top_k={out['top_k']} needs hessian.iters >= {out['top_k']} "
-                              f"(Lanczos finds at most iters eigenvalues; it is {out['iters']})")
     if out["trace_samples"] == 1:
         raise PinnConfigError("hessian.trace_samples=1 is invalid; an interval needs 0 or at least 2 samples")
     out["tol"] = positive_float(opts["hessian.tol"], "hessian.tol", allow_zero=True)
@@ -64,6 +61,24 @@ def _options(opts: dict) -> dict:
         terms = [str(t) for t in terms]
     out["terms"] = terms
     return out
+
+
+def clamp_top_k(top_k: int, iters: int, n_params: int) -> tuple[int, str | None]:
+    """How many eigenvalues to compute, and the note to print when that is fewer than asked.
+
+    A Hessian of ``n_params`` parameters has only that many eigenvalues, so a larger ``top_k`` asks
+    for all of them: it is clamped (a script sweeping network sizes need not know each count), and
+    needs only ``n_params`` Lanczos steps. Fewer ``iters`` than the count to compute cannot give
+    that many Ritz values: refused, naming both."""
+    k = min(top_k, n_params)
+    if k > iters:
+        asked = f"hessian.top_k={top_k}" + (f" (clamped to the network's {n_params} parameters)" if k < top_k else "")
+        raise PinnConfigError(f"{asked} needs hessian.iters >= {k} "
+                              f"(Lanczos finds at most iters eigenvalues; it is {iters})")
+    if k == top_k:
+        return k, None
+    return k, (f"pinn hessian: hessian.top_k={top_k} exceeds the network's {n_params} parameters; using "
+               f"hessian.top_k={k}, the whole spectrum (a repeated eigenvalue is listed once)")
 
 
 def _peak_memory_mb(device) -> dict:
@@ -113,9 +128,10 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
     problem.set_causal(int(t_cfg.get("causal_chunks", 0) or 0), float(t_cfg.get("causal_eps", 1.0)))
     params = trainable(setup.net)
     n = sum(p.numel() for p in params)
-    if o["top_k"] > n:
-        print(f"pinn hessian: hessian.top_k={o['top_k']} exceeds the network's {n} parameters; "
-              f"all {n} eigenvalues are reported", file=sys.stderr)
+    requested = o["top_k"]
+    o["top_k"], note = clamp_top_k(requested, o["iters"], n)
+    if note:
+        print(note, file=sys.stderr)
 
     results, t_all = {}, time.perf_counter()
     for name, weight, pieces in hs.targets(problem, o["terms"], o["chunk"]):
@@ -135,7 +151,7 @@ def run(run_dir: Path, ckpt: str | None, opts: dict, top: dict) -> dict:
         "derivatives": {t.name: t.engine for t in problem.terms},
         "member": o["member"] if ens else None,
         "options": {k: o[k] for k in ("top_k", "iters", "tol", "points", "chunk", "terms", "trace_samples",
-                                      "slq_vectors", "seed")},
+                                      "slq_vectors", "seed")} | {"top_k_requested": requested},
         "time_s": round(time.perf_counter() - t_all, 3), **_peak_memory_mb(setup.device),
         "note": "each term is the weighted loss weight * mean(residual^2); total is their sum"
                 + ("; the pde term is causally weighted as in training (trainer.causal_chunks), its chunk "
