@@ -5,7 +5,7 @@ import os
 import re
 import sys
 
-from .errors import PinnError, say_once
+from .errors import PinnError, SweepFailed, say_once
 
 HELP = """usage: pinn <command> [options]   (pinn --version)
 
@@ -25,7 +25,8 @@ examples:
 
 
 class _QuietJobErrors:
-    """stderr minus Hydra's "Error executing job with overrides" line (a single run names its error itself)."""
+    """stderr minus Hydra's "Error executing job with overrides" line: a single run names its error itself,
+    and the end of a failed sweep names every failed job with its overrides (Hydra's line named the first)."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -80,11 +81,9 @@ def _commands() -> dict:
         from .commands.train import main as train_main
 
         argv = flags_first(argv)
-        multirun = any(a in ("-m", "--multirun") for a in argv)
         sys.argv = [sys.argv[0], *argv]
         stderr = sys.stderr
-        if not multirun:
-            sys.stderr = _QuietJobErrors(stderr)
+        sys.stderr = _QuietJobErrors(stderr)
         try:
             train_main()
         finally:
@@ -137,6 +136,19 @@ def _one_line(err: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(err).__name__
 
 
+def error_line(err: BaseException) -> tuple[str, int]:
+    """The one line that names ``err``, and the exit code: 2 for bad input (pinn's own checks, Hydra's
+    and OmegaConf's config errors), 1 for anything else, whose line points to the traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, PinnError):
+        return str(err), 2
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return _one_line(err), 2
+    return f"{type(err).__name__}: {_one_line(err)} (set HYDRA_FULL_ERROR=1 for the traceback)", 1
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pinn`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -157,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         commands[command](rest)
+    except SweepFailed as failed:
+        if user_full_error:
+            raise
+        reasons = [(label, *error_line(err)) for label, err in failed.jobs]
+        say_once("\n".join(f"pinn {command}: error: {label}: {line}" for label, line, _ in reasons))
+        sys.exit(1 if any(code == 1 for _, _, code in reasons) else 2)
     except PinnError as err:
         if user_full_error:
             raise
@@ -171,12 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         if user_full_error:
             raise
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        if isinstance(err, (HydraException, OmegaConfBaseException)):
-            say_once(f"pinn {command}: error: {_one_line(err)}")
-            sys.exit(2)
-        say_once(f"pinn {command}: error: {type(err).__name__}: {_one_line(err)} "
-                 "(set HYDRA_FULL_ERROR=1 for the traceback)")
-        sys.exit(1)
+        line, code = error_line(err)
+        say_once(f"pinn {command}: error: {line}")
+        sys.exit(code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -159,30 +159,73 @@ def did_you_mean(name: str, peers: Sequence[str], prefix: str = "") -> str:
     return f"did you mean {prefix}{near[0]}? " if near else ""
 
 
-def added_params(overrides: Sequence[str]) -> list[str]:
+def _params_names(override) -> list[str]:
+    """The param names a parsed ``equation.params.NAME=...`` or ``equation.params={NAME: ...}`` override
+    sets; none for any other key."""
+    if override.package:
+        return []
+    if override.key_or_group.startswith("equation.params."):
+        return [override.key_or_group.removeprefix("equation.params.")]
+    if override.key_or_group == "equation.params" and isinstance(override.value(), dict):
+        return list(map(str, override.value()))
+    return []
+
+
+def _parsed(overrides: Sequence[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def added_params(overrides: Sequence[str], force: bool = False) -> list[str]:
     """The names that ``+equation.params.NAME=...`` (or ``+equation.params={NAME: ...}``) adds on the
     command line. Hydra refuses ``+`` for a key the composed config already has, so none of these is
-    declared by the equation's files."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    declared by the equation's files. With ``force``, the names ``++`` sets instead: it adds a key or
+    overrides one, so whether the files declare it takes another composition (:func:`declared_params`)."""
     from hydra.core.override_parser.types import OverrideType
 
-    names: list[str] = []
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
-        if o.type != OverrideType.ADD or o.package:
-            continue
-        if o.key_or_group.startswith("equation.params."):
-            names.append(o.key_or_group.removeprefix("equation.params."))
-        elif o.key_or_group == "equation.params" and isinstance(o.value(), dict):
-            names.extend(map(str, o.value()))
-    return names
+    kind = OverrideType.FORCE_ADD if force else OverrideType.ADD
+    return [n for o in _parsed(overrides) if o.type == kind for n in _params_names(o)]
 
 
-def check_added_params(cfg: DictConfig, added: Sequence[str]) -> None:
+def without_forced_params(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` minus the ``++equation.params...`` ones."""
+    from hydra.core.override_parser.types import OverrideType
+
+    return [text for text, o in zip(overrides, _parsed(overrides))
+            if not (o.type == OverrideType.FORCE_ADD and _params_names(o))]
+
+
+def declared_params(config_name: str, overrides: Sequence[str]) -> set[str] | None:
+    """The keys of ``equation.params`` in config ``config_name`` composed with ``overrides`` minus the
+    ``++equation.params...`` ones: the params the config has without them (the equation's files, a
+    global config, a plain or ``+`` override). Uses Hydra's compose API, so Hydra must be initialised
+    (it is inside ``pinn train``: the same search path, ``-cd`` and ``hydra.searchpath`` included).
+    None when that composition fails (say, a later override of a key only the ``++`` adds): then
+    nothing is known, and nothing is refused."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose(config_name, overrides=without_forced_params(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
+    params = OmegaConf.select(cfg, "equation.params")
+    return set(map(str, params)) if isinstance(params, DictConfig) else set()
+
+
+def check_added_params(cfg: DictConfig, added: Sequence[str], forced: Sequence[str] = (),
+                       declared: Callable[[], set[str] | None] = lambda: None) -> None:
     """Refuse a param of a YAML equation that the command line adds (``+equation.params.alpah=0.1``)
     while nothing uses it: no expression of the equation names it and no interpolation of the config
     refers to it, so its value could change nothing and it is a typo. A param the equation's own file
-    declares is never refused (it is not in ``added``), nor is one added that an expression needs."""
-    if not added:
+    declares is never refused (it is not in ``added``), nor is one added that an expression needs.
+
+    ``forced`` are the names ``++`` sets (add or override); one that nothing uses is refused on the same
+    rule unless ``declared()`` (the params the config has without the ``++`` overrides, None when that is
+    unknown) holds it. ``declared`` composes the config again, so it is called only for such a name."""
+    if not added and not forced:
         return
     from .equations.custom import Custom
     from .training import build_equation
@@ -193,6 +236,10 @@ def check_added_params(cfg: DictConfig, added: Sequence[str]) -> None:
     text = OmegaConf.to_yaml(cfg)
     unused = {n for n in eq.unused_params() if not re.search(rf"\$\{{[^}}]*\bparams\.{re.escape(n)}\b", text)}
     wrong = [n for n in added if n in unused]
+    suspects = [n for n in forced if n in unused]
+    if suspects and not wrong:
+        have = declared()
+        wrong = [n for n in suspects if have is not None and n not in have]
     if wrong:
         known = [k for k in eq.values if k not in wrong]
         raise PinnConfigError(

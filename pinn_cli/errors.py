@@ -9,6 +9,20 @@ class PinnConfigError(PinnError, ValueError):
     """A configuration value that is out of range or not known."""
 
 
+class RunDirInUse(PinnConfigError):
+    """A fresh run was refused because its run directory holds another run's checkpoints; it wrote nothing
+    there (a sweep whose every job met this puts its earlier ``multirun.yaml`` back, see sweep.py)."""
+
+
+class SweepFailed(Exception):
+    """Jobs of a sweep failed. ``jobs`` holds each failed job's label (number and swept overrides) and its
+    error, in job order: the CLI says one line for each, where Hydra's sweeper would raise only the first."""
+
+    def __init__(self, jobs: list[tuple[str, BaseException]]) -> None:
+        super().__init__(f"{len(jobs)} job(s) of the sweep failed")
+        self.jobs = jobs
+
+
 class SweepStopped(BaseException):
     """A signal stopped a job of a local sweep: once the job has saved, the sweep ends (a BaseException,
     so Hydra's launcher, which records an Exception as a failed job and goes on, lets it through)."""

@@ -21,7 +21,7 @@ from .config import resolve_device, resolve_dtype, validate
 from .derivatives import DerivativeEngine
 from .domains import Box, build_domain
 from .equations.base import Equation
-from .errors import PinnConfigError, PinnError
+from .errors import PinnConfigError, PinnError, RunDirInUse
 from .hydra_record import restore_earlier_record
 from .metrics import Evaluator
 from .networks import build_network, trainable
@@ -133,6 +133,14 @@ def inside_submitit() -> bool:
     import os
 
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def inside_sweep() -> bool:
+    """Whether this run is a job of a Hydra multirun (``pinn train -m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @contextmanager
@@ -252,9 +260,10 @@ def refuse_used_run_dir(resume: Path | None, run_dir: Path) -> None:
     if distributed.share(old if ctx.is_main else None):
         if ctx.is_main:
             restore_earlier_record(run_dir / ".hydra")
-        raise PinnConfigError(
+        elsewhere = "hydra.sweep.dir" if inside_sweep() else "hydra.run.dir"
+        raise RunDirInUse(
             f"run directory {run_dir} already holds checkpoints of an earlier run; continue it with "
-            "trainer.resume=auto, or start afresh in another hydra.run.dir"
+            f"trainer.resume=auto, or start afresh in another {elsewhere}"
         )
 
 

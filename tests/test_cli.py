@@ -95,12 +95,17 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path):
 
 
 def test_each_failing_job_of_a_sweep_says_why_as_it_fails(tmp_path):
+    """Each failing job's line on stdout as it fails; at the end, stderr names every failed job (number,
+    the overrides that set it apart, its reason), one line each (Hydra's sweeper raises the first alone)."""
     fast = [a for a in FAST if not a.startswith("trainer.steps=")]
     res = pinn("train", "-m", "trainer.steps=-1,3,-2", f"hydra.sweep.dir={tmp_path}", *fast)
     assert res.returncode == 2
     for bad in ("-1", "-2"):
         assert f"trainer.steps={bad} is invalid" in res.stdout
     assert (tmp_path / "1" / "metrics.json").is_file() and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"pinn train: error: job {job} (trainer.steps={bad}): trainer.steps={bad} is invalid; it must be a "
+        "non-negative integer" for job, bad in (("0", "-1"), ("2", "-2"))]
 
 
 @pytest.mark.parametrize(
@@ -227,6 +232,31 @@ def test_a_refused_sweep_leaves_the_jobs_records_as_they_were(tmp_path):
     assert res.returncode == 2 and "already holds checkpoints" in res.stderr
     assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == first
     assert "network.width=6" in first
+
+
+def test_a_refused_sweep_puts_its_multirun_yaml_back(tmp_path):
+    """A re-run whose every job is refused trained nothing: the sweep's multirun.yaml, which Hydra rewrote,
+    is put back from the copy kept in .earlier/. A re-run of which some jobs ran keeps the new file (it is
+    the only description of the jobs it trained); the earlier one stays in .earlier/."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    assert pinn("train", "-m", "network.width=6", f"hydra.sweep.dir={sweep}", *FAST).returncode == 0
+    first = (sweep / "multirun.yaml").read_text()
+    res = pinn("train", "-m", "network.width=9", f"hydra.sweep.dir={sweep}", *FAST)
+    assert res.returncode == 2
+    assert (sweep / "multirun.yaml").read_text() == first
+    assert [p.read_text() for p in (sweep / ".earlier").glob("*/multirun.yaml")] == [first]
+    assert res.stderr.strip().splitlines() == [
+        f"pinn train: error: job 0: run directory {sweep / '0'} already holds checkpoints of an earlier run; "
+        "continue it with trainer.resume=auto, or start afresh in another hydra.sweep.dir"]
+
+    res = pinn("train", "-m", "network.width=6,5", f"hydra.sweep.dir={sweep}", *FAST)
+    assert res.returncode == 2 and res.stderr.count("pinn train: error: job 0 (network.width=6): ") == 1
+    assert (sweep / "1" / "metrics.json").is_file()
+    assert "network.width=6,5" in yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    assert first in [p.read_text() for p in (sweep / ".earlier").glob("*/multirun.yaml")]
+    assert "network.width=6" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_sigterm_ends_a_local_sweep_after_the_job_saves(tmp_path):

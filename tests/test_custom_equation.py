@@ -343,3 +343,82 @@ def test_cli_refuses_a_misspelt_param_in_one_line_before_training(tmp_path):
         "pinn train: error: equation.params.alpah is not a parameter of equation custom (no expression uses it); "
         "did you mean equation.params.alpha? its params: alpha"]
     assert not (run / "checkpoints").exists()
+
+
+MINE = """\
+    defaults: [custom]
+    inputs: [x, t]
+    bounds: {x: [0, "${equation.params.length}"], t: [0, 1]}
+    params: {alpha: 0.1, spare: 3.0, length: 1.0}
+    residual: "u_t - alpha*beta*u_xx"
+    conditions: [{where: "t == 0", value: "sin(pi*x)"}]
+    """
+
+
+def _check_forced(*overrides: str, declared=None) -> None:
+    """``check_added_params`` as ``pinn train`` calls it, the ``++`` names' declarations composed by Hydra."""
+    from hydra import initialize_config_dir
+
+    from pinn_cli.config import added_params, check_added_params, declared_params
+    from pinn_cli.paths import config_dir
+
+    cfg, overrides = make_cfg(*overrides), ["trainer.progress=false", *overrides]
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        check_added_params(cfg, added_params(overrides), added_params(overrides, force=True),
+                           declared or (lambda: declared_params("train", overrides)))
+
+
+def test_a_param_forced_with_double_plus_that_nothing_uses_is_refused():
+    """``++equation.params.alpah=0.1`` (add or override) was accepted and ignored; it is refused like ``+``."""
+    from pinn_cli.config import added_params
+
+    assert added_params(["++equation.params.alpah=0.1", "+equation.params.beta=1"], force=True) == ["alpah"]
+    assert added_params(["++equation.params={a: 1, b: 2}"], force=True) == ["a", "b"]
+    with pytest.raises(PinnConfigError) as err:
+        _check_forced("equation=custom", "++equation.params.alpah=0.1")
+    assert str(err.value) == ("equation.params.alpah is not a parameter of equation custom (no expression uses "
+                              "it); did you mean equation.params.alpha? its params: alpha")
+
+
+def test_double_plus_keeps_params_a_file_declares_or_something_uses(tmp_path):
+    """``++`` on a param the file declares (used or not), or on one an expression or interpolation needs,
+    runs; only a name that the config lacks without the ``++`` and that nothing uses is refused. The
+    declarations are composed again only for a name nothing uses."""
+    from pinn_cli.config import without_forced_params
+
+    root = user_dir(tmp_path, {"mine": MINE})
+    mine = ["equation=mine", searchpath(root), "+equation.params.beta=1"]
+
+    def never() -> set[str]:
+        raise AssertionError("composed again for a param an expression or interpolation uses")
+
+    _check_forced("equation=custom", "++equation.params.alpha=0.2", declared=never)
+    _check_forced(*mine, "++equation.params.length=2", "++equation.params.alpha=0.2", declared=never)
+    _check_forced(*mine, "++equation.params.spare=4")
+    _check_forced(*mine, "++equation.params={spare: 4, length: 2}")
+    with pytest.raises(PinnConfigError, match=r"params\.sapre is not a .* did you mean equation\.params\.spare\?"):
+        _check_forced(*mine, "++equation.params.sapre=4")
+    with pytest.raises(PinnConfigError, match=r"params\.gamma is not a .* its params: alpha, spare, length, beta$"):
+        _check_forced(*mine, "++equation.params={spare: 4, gamma: 1}")
+    assert without_forced_params([*mine, "++equation.params.x=1", "++trainer.steps=3", "++equation.params={a: 1}"]) \
+        == [*mine, "++trainer.steps=3"]
+
+
+def test_cli_refuses_a_double_plus_param_nothing_uses_and_keeps_a_declared_one(tmp_path):
+    """Through ``pinn train``: the declarations come from the same search path (``hydra.searchpath``)."""
+    root = user_dir(tmp_path, {"mine": MINE})
+    args = [sys.executable, "-m", "pinn_cli", "train", "equation=mine", searchpath(root), "+equation.params.beta=1",
+            "trainer.progress=false", "device=cpu", "trainer.steps=2", "optimizer=adam", "trainer.log_every=1",
+            "trainer.eval_every=1", "trainer.checkpoint_every=1", "sampler.n_interior=16", "sampler.n_initial=8",
+            "trainer.eval_points=50"]
+    bad = subprocess.run([*args, "++equation.params.sapre=4", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "pinn train: error: equation.params.sapre is not a parameter of equation mine (no expression uses it); "
+        "did you mean equation.params.spare? its params: alpha, spare, length, beta"]
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    good = subprocess.run([*args, "++equation.params.spare=4", f"hydra.run.dir={tmp_path / 'good'}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert (tmp_path / "good" / "metrics.json").is_file()

@@ -33,7 +33,7 @@ def _skip_file_only(record: logging.LogRecord) -> bool:
 def train_task(cfg: DictConfig) -> float:
     """Run one job in Hydra's output directory; returns rel L2 (what sweepers minimise)."""
     from .. import distributed
-    from ..config import added_params, check_added_params, check_keys
+    from ..config import added_params, check_added_params, check_keys, declared_params
     from ..summary import print_summary
     from ..training import inside_submitit, run_training
 
@@ -45,11 +45,13 @@ def train_task(cfg: DictConfig) -> float:
         with open_dict(cfg):  # a YAML equation (defaults: [custom]) is named after its file
             cfg.equation.name = choice
     # a single run's error line is printed once by pinn's entry point; in a sweep each failing job says
-    # its own as it fails (the entry point names only the first, after every job has run)
+    # its own as it fails, and the entry point names every failed job again once all have run
     quiet = FILE_ONLY if hc.mode != RunMode.MULTIRUN else {}
     try:
         check_keys(cfg, config_dir())
-        check_added_params(cfg, added_params(hc.overrides.task))
+        task = list(hc.overrides.task)
+        check_added_params(cfg, added_params(task), added_params(task, force=True),
+                           lambda: declared_params(hc.job.config_name, [*hc.overrides.hydra, *task]))
         members = cfg.trainer.get("ensemble", 1)
         if members != 1 or isinstance(members, bool) or cfg.trainer.get("ensemble_param"):
             from ..ensemble import run_ensemble  # N members vectorised with torch.func (ensemble.py)
@@ -76,13 +78,15 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), conf
 
 
 def main() -> None:
-    """Hydra's entry point; under torchrun every rank joins the process group first (see distributed.py)."""
+    """Hydra's entry point; under torchrun every rank joins the process group first (see distributed.py).
+    A sweep with failed jobs ends in ``SweepFailed``, naming them all (sweep.py)."""
     from .. import distributed
+    from ..sweep import run_sweep_aware
 
     distributed.prepare_launch()
     finished = False
     try:
-        _hydra_main()
+        run_sweep_aware(_hydra_main)
         finished = True
     except SweepStopped as stop:
         print(f"pinn train: {stop}", file=sys.stderr)
