@@ -219,7 +219,7 @@ def check_added_params(cfg: DictConfig, added: Sequence[str], forced: Sequence[s
                        declared: Callable[[], set[str] | None] = lambda: None) -> None:
     """Refuse a param of a YAML equation that the command line adds (``+equation.params.alpah=0.1``)
     while nothing uses it: no expression of the equation names it and no interpolation of the config
-    refers to it, so its value could change nothing and it is a typo. A param the equation's own file
+    mentions it (absolute or relative), so its value could change nothing and it is a typo. A param the equation's own file
     declares is never refused (it is not in ``added``), nor is one added that an expression needs.
 
     ``forced`` are the names ``++`` sets (add or override); one that nothing uses is refused on the same
@@ -234,7 +234,8 @@ def check_added_params(cfg: DictConfig, added: Sequence[str], forced: Sequence[s
     if not isinstance(eq, Custom):
         return
     text = OmegaConf.to_yaml(cfg)
-    unused = {n for n in eq.unused_params() if not re.search(rf"\$\{{[^}}]*\bparams\.{re.escape(n)}\b", text)}
+    # any interpolation naming it, absolute (${equation.params.k}) or relative (${.k}), counts as a use
+    unused = {n for n in eq.unused_params() if not re.search(rf"\$\{{[^}}]*(?<![\w-]){re.escape(n)}(?![\w-])", text)}
     wrong = [n for n in added if n in unused]
     suspects = [n for n in forced if n in unused]
     if suspects and not wrong:

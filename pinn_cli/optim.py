@@ -32,11 +32,11 @@ def fused_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
 
 def warn_no_lbfgs(adam_steps: int, total_steps: int) -> None:
     """``optimizer=adam_lbfgs`` runs L-BFGS only after ``optimizer.adam_steps``: when those take every
-    step, say at start-up that the run is Adam alone (not an error: a short trial run is one)."""
+    step, say at start-up that the run is Adam alone. An info line, not a warning: every short trial run
+    with the default optimizer is one."""
     if 0 < total_steps <= adam_steps and distributed.is_main():
-        log.warning("optimizer.adam_steps=%d is not below trainer.steps=%d, so all %d steps are Adam steps and "
-                    "the L-BFGS phase of optimizer=adam_lbfgs will not run; raise trainer.steps or lower "
-                    "optimizer.adam_steps to reach it", adam_steps, total_steps, total_steps)
+        log.info("optimizer.adam_steps=%d is not below trainer.steps=%d: this run is Adam only (the L-BFGS "
+                 "phase of optimizer=adam_lbfgs starts after optimizer.adam_steps)", adam_steps, total_steps)
 
 
 class OptimizerSchedule:

@@ -88,13 +88,13 @@ def heat_map_grid(rows: int, cols: int, extent: list[float], plane: bool,
     scale, so the figure is sized from the domain's shape (``extent``) rather than squeezing each
     image into a fixed cell, which would leave a long thin domain a strip in a sea of white. A
     plane more than twice as wide as tall has each row's panels stacked in a column instead, so
-    every image gets the figure's width."""
+    every image gets the figure's width, unless rows outnumber columns (then the rows stay rows)."""
     if not plane:
         fig, ax = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
         return fig, ax
     span_x, span_y = abs(extent[1] - extent[0]), abs(extent[3] - extent[2])
     ratio = span_y / span_x if span_x and span_y else 1.0
-    stacked = ratio < 0.5
+    stacked = ratio < 0.5 and rows <= cols  # many rows (ensemble members) would become as many columns
     n_rows, n_cols = (cols, rows) if stacked else (rows, cols)
     width, height = _image_inches(ratio, stacked, n_cols)
     size = (max(n_cols * (width + MARGIN_INCHES[0]), MIN_WIDTH_INCHES),

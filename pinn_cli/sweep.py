@@ -127,3 +127,19 @@ def run_sweep_aware(main: Callable[[], object]) -> None:
             if failure is None:
                 raise
             raise failure from err
+    say_tolerated(kept)
+
+
+def say_tolerated(kept: SweepReturns) -> None:
+    """Jobs that failed in a sweep that still succeeded (a sweeper such as Optuna's tolerates failed trials
+    up to its ``max_failure_rate``): one warning line each on stderr, since Hydra's own line is hidden."""
+    import sys
+
+    from .cli import error_line
+
+    failed = [(i, r) for i, r in enumerate(kept.returns) if r.status == JobStatus.FAILED]
+    swept = swept_overrides(kept.returns)
+    for i, r in failed:
+        line, _ = error_line(job_error(r))
+        print(f"pinn train: warning: {job_label(r, i, swept[i])} failed (the sweep went on): {line}",
+              file=sys.stderr)

@@ -331,6 +331,17 @@ def test_params_a_file_declares_or_an_expression_needs_are_never_refused(tmp_pat
                  "+equation.params.gamma=1"]
     with pytest.raises(PinnConfigError, match=r"params.gamma is not a .* its params: alpha, spare, beta, length$"):
         check_added_params(make_cfg(*overrides), added_params(overrides))
+    rel = user_dir(tmp_path / "rel", {"rel": """\
+        defaults: [custom]
+        inputs: [x, t]
+        bounds: {x: [0, 1], t: [0, 1]}
+        params: {alpha: "${.base}"}
+        residual: "u_t - alpha*u_xx"
+        conditions: [{where: "t == 0", value: "sin(pi*x)"}]
+        """})
+    for overrides in (["+equation.params.base=0.2"], ["+equation.params={base: 0.2}"]):  # a relative interpolation
+        overrides = ["equation=rel", searchpath(rel), *overrides]
+        check_added_params(make_cfg(*overrides), added_params(overrides))
 
 
 def test_cli_refuses_a_misspelt_param_in_one_line_before_training(tmp_path):

@@ -130,3 +130,19 @@ def test_a_space_time_diagram_still_fills_its_panel(figures, tmp_path):
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("t", "x")
         w, h = box_inches(fig, ax)
         assert 0.5 < h / w < 2
+
+
+def test_a_wide_plane_with_many_rows_keeps_them_as_rows():
+    """Stacking a wide plane's panels in columns suits a row or three (outputs); twenty ensemble members
+    as twenty columns would leave each image under an inch wide."""
+    import matplotlib.pyplot as plt
+
+    from pinn_cli.plots import heat_map_grid
+
+    fig, ax = heat_map_grid(20, 3, [0.0, 3.0, 0.0, 1.0], True, cell=(4.2, 3.4))
+    assert ax.shape == (20, 3) and fig.get_size_inches()[0] / 3 >= 2.5
+    plt.close(fig)
+    fig, ax = heat_map_grid(1, 3, [0.0, 3.0, 0.0, 1.0], True, cell=(4.2, 3.4))
+    assert ax.shape == (1, 3)  # indexed [row, col] whatever the layout
+    assert fig.get_size_inches()[1] > fig.get_size_inches()[0] / 3  # the three panels stacked, one above another
+    plt.close(fig)

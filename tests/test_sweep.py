@@ -86,3 +86,16 @@ def test_the_cli_says_one_line_per_failed_job(monkeypatch, capsys, errors, code)
     assert lines[0] == "pinn train: error: job 0: w=-1 is invalid" and len(lines) == 2
     assert lines[1] == ("pinn train: error: job 1: w=-1 is invalid" if code == 2 else
                         "pinn train: error: job 1: RuntimeError: boom (set HYDRA_FULL_ERROR=1 for the traceback)")
+
+
+def test_failed_jobs_of_a_sweep_that_went_on_are_warned_about(capsys):
+    """Optuna's sweeper tolerates failed trials (max_failure_rate) and the sweep ends well: each failed job
+    still gets a line on stderr, as Hydra's own line (hidden by pinn) used to give."""
+    from pinn_cli.sweep import say_tolerated
+
+    bad = PinnConfigError("network.width=-1 is invalid; it must be a positive integer")
+    say_tolerated(SweepReturns(None, [job(0, ["network.width=8"]), job(1, ["network.width=-1"], bad)]))
+    assert capsys.readouterr().err.splitlines() == [
+        "pinn train: warning: job 1 (network.width=-1) failed (the sweep went on): " + str(bad)]
+    say_tolerated(SweepReturns(None, [job(0, ["network.width=8"])]))
+    assert capsys.readouterr().err == ""

@@ -67,8 +67,8 @@ def clamp_top_k(top_k: int, iters: int, n_params: int) -> tuple[int, str | None]
     """How many eigenvalues to compute, and the note to print when that is fewer than asked.
 
     A Hessian of ``n_params`` parameters has only that many eigenvalues, so a larger ``top_k`` asks
-    for all of them: it is clamped (a script sweeping network sizes need not know each count), and
-    needs only ``n_params`` Lanczos steps. Fewer ``iters`` than the count to compute cannot give
+    for all of them: it is clamped, and needs only ``n_params`` Lanczos
+    steps (``iters`` at least the smaller of the two). Fewer ``iters`` than the count to compute cannot give
     that many Ritz values: refused, naming both."""
     k = min(top_k, n_params)
     if k > iters:
