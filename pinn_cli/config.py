@@ -219,8 +219,9 @@ def check_added_params(cfg: DictConfig, added: Sequence[str], forced: Sequence[s
                        declared: Callable[[], set[str] | None] = lambda: None) -> None:
     """Refuse a param of a YAML equation that the command line adds (``+equation.params.alpah=0.1``)
     while nothing uses it: no expression of the equation names it and no interpolation of the config
-    mentions it (absolute or relative), so its value could change nothing and it is a typo. A param the equation's own file
-    declares is never refused (it is not in ``added``), nor is one added that an expression needs.
+    mentions it (absolute or relative), so its value could change nothing and it is a typo. A param the
+    equation's own file declares is never refused (it is not in ``added``), nor is one added that an
+    expression needs.
 
     ``forced`` are the names ``++`` sets (add or override); one that nothing uses is refused on the same
     rule unless ``declared()`` (the params the config has without the ``++`` overrides, None when that is

@@ -30,7 +30,7 @@ def fused_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def warn_no_lbfgs(adam_steps: int, total_steps: int) -> None:
+def say_adam_only(adam_steps: int, total_steps: int) -> None:
     """``optimizer=adam_lbfgs`` runs L-BFGS only after ``optimizer.adam_steps``: when those take every
     step, say at start-up that the run is Adam alone. An info line, not a warning: every short trial run
     with the default optimizer is one."""
@@ -52,7 +52,7 @@ class OptimizerSchedule:
         else:
             adam_steps = positive_int(cfg.adam_steps, "optimizer.adam_steps", allow_zero=True)
             self.adam_steps = min(adam_steps, total_steps)
-            warn_no_lbfgs(adam_steps, total_steps)
+            say_adam_only(adam_steps, total_steps)
         self.params = params
         self.adam = fused_adam(params, self.lr)
         sched = choice(cfg.get("scheduler", "none"), "optimizer.scheduler", SCHEDULERS)

@@ -92,6 +92,12 @@ def job_label(ret: JobReturn, position: int, swept: list[str]) -> str:
     return f"job {num} ({' '.join(swept)})" if swept else f"job {num}"
 
 
+def failed_jobs(returns: Sequence[JobReturn]) -> list[tuple[str, BaseException]]:
+    """(label, error) of each failed job, in job order."""
+    swept = swept_overrides(returns)
+    return [(job_label(r, i, swept[i]), job_error(r)) for i, r in enumerate(returns) if r.status == JobStatus.FAILED]
+
+
 def all_refused(returns: Sequence[JobReturn]) -> bool:
     """Whether every job of the sweep was refused for a run directory that holds checkpoints."""
     return bool(returns) and all(r.status == JobStatus.FAILED and isinstance(job_error(r), RunDirInUse)
@@ -107,13 +113,12 @@ def end_failed_sweep(kept: SweepReturns) -> SweepFailed | None:
     file describes everything the directory holds. When some jobs ran, the new file stays: it is the only
     description of the sweep that trained those jobs, the earlier one is kept under ``.earlier/``, and each
     job's own ``.hydra/`` record (what ``pinn summarize`` reads) holds its settings either way."""
-    failed = [(i, r) for i, r in enumerate(kept.returns) if r.status == JobStatus.FAILED]
+    failed = failed_jobs(kept.returns)
     if not failed:
         return None
     if kept.sweep_dir is not None and all_refused(kept.returns):
         restore_earlier_multirun(kept.sweep_dir)
-    swept = swept_overrides(kept.returns)
-    return SweepFailed([(job_label(r, i, swept[i]), job_error(r)) for i, r in failed])
+    return SweepFailed(failed)
 
 
 def run_sweep_aware(main: Callable[[], object]) -> None:
@@ -137,9 +142,5 @@ def say_tolerated(kept: SweepReturns) -> None:
 
     from .cli import error_line
 
-    failed = [(i, r) for i, r in enumerate(kept.returns) if r.status == JobStatus.FAILED]
-    swept = swept_overrides(kept.returns)
-    for i, r in failed:
-        line, _ = error_line(job_error(r))
-        print(f"pinn train: warning: {job_label(r, i, swept[i])} failed (the sweep went on): {line}",
-              file=sys.stderr)
+    for label, err in failed_jobs(kept.returns):
+        print(f"pinn train: warning: {label} failed (the sweep went on): {error_line(err)[0]}", file=sys.stderr)

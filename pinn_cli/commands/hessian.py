@@ -67,9 +67,8 @@ def clamp_top_k(top_k: int, iters: int, n_params: int) -> tuple[int, str | None]
     """How many eigenvalues to compute, and the note to print when that is fewer than asked.
 
     A Hessian of ``n_params`` parameters has only that many eigenvalues, so a larger ``top_k`` asks
-    for all of them: it is clamped, and needs only ``n_params`` Lanczos
-    steps (``iters`` at least the smaller of the two). Fewer ``iters`` than the count to compute cannot give
-    that many Ritz values: refused, naming both."""
+    for all of them: it is clamped, and needs ``iters`` only up to the smaller of the two. Fewer
+    ``iters`` than the count to compute cannot give that many Ritz values: refused, naming both."""
     k = min(top_k, n_params)
     if k > iters:
         asked = f"hessian.top_k={top_k}" + (f" (clamped to the network's {n_params} parameters)" if k < top_k else "")
